@@ -1,0 +1,1 @@
+"""OpenAI-compatible reverse proxy for LLM servers, with a concurrency monitor built in."""

@@ -1,0 +1,136 @@
+"""The ASGI app: `create_app()` builds it, `app` is what `uvicorn app.main:app` serves."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
+
+from app.config import ConfigError, Settings, load_settings
+from app.gate import Admission, ProxyGate
+from app.logs import configure_logging
+from app.proxy import UpstreamProxy, new_client
+from utils.concurrency_monitor import ConcurrencyMiddleware, ConcurrencyMonitor, MonitorReporter
+
+logger = logging.getLogger("app")
+
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def load_settings_or_exit() -> Settings:
+    """Settings from the environment; a bad value is one error line and exit 1, never a traceback."""
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        logger.error("configuration error: %s", exc)
+        sys.exit(1)
+
+
+def _error(status: int, message: str, type_: str, code: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "code": code}}, status_code=status)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    if settings is None:
+        settings = load_settings_or_exit()
+    try:
+        configure_logging(settings)
+    except ConfigError as exc:
+        logger.error("configuration error: %s", exc)
+        sys.exit(1)
+
+    monitor = ConcurrencyMonitor() if settings.enable_concurrency_monitor else None
+    proxy = UpstreamProxy(settings)
+    upstream_kind = "built-in simulator" if settings.uses_simulator else "external"
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        proxy.client = new_client(settings)
+        reporter: asyncio.Task[None] | None = None
+        if monitor is not None and settings.debug:
+            reporter = asyncio.get_running_loop().create_task(
+                MonitorReporter(monitor, settings.monitor_update_interval).run()
+            )
+        if monitor is None:
+            monitoring = "off"
+        elif settings.debug:
+            monitoring = f"on, metric lines every {settings.monitor_update_interval:g}s"
+        else:
+            monitoring = "on (metric lines need DEBUG=true)"
+        logger.info(
+            "proxy pid %d: /v1/* -> %s (%s); monitor %s", os.getpid(), settings.upstream_base, upstream_kind, monitoring
+        )
+        try:
+            yield
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporter
+            await proxy.client.aclose()
+
+    api = FastAPI(title="LLM concurrency proxy", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    api.state.settings = settings
+    api.state.monitor = monitor
+
+    @api.get("/health")
+    async def health() -> dict[str, object]:
+        return {
+            "status": "ok",
+            "upstream": settings.upstream_base,
+            "upstream_kind": upstream_kind,
+            "monitor": monitor is not None,
+            "pid": os.getpid(),
+        }
+
+    @api.get("/monitor")
+    async def monitor_snapshot() -> JSONResponse:
+        if monitor is None:
+            return _error(
+                404,
+                "Concurrency monitoring is off (ENABLE_CONCURRENCY_MONITOR=false).",
+                "not_found",
+                "monitor_disabled",
+            )
+        return JSONResponse(monitor.snapshot())
+
+    api.router.routes.append(Route("/v1/{path:path}", endpoint=proxy, methods=ALL_METHODS))
+
+    @api.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, str(exc.detail), "invalid_request_error", code)
+
+    @api.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        return _error(500, "Internal proxy error.", "server_error", "internal")
+
+    if monitor is not None:
+        api.add_middleware(ConcurrencyMiddleware, monitor=monitor)
+    admission = Admission(settings.max_concurrent_requests, settings.max_queue_size, settings.queue_timeout)
+    api.add_middleware(
+        ProxyGate,
+        admission=admission,
+        max_body_size=settings.max_body_size,
+        api_key=settings.proxy_api_key,
+        monitor=monitor,
+    )
+    api.state.admission = admission
+    return api
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`app` is built on first access (by uvicorn), so importing this module has no side effects."""
+    if name == "app":
+        built = create_app()
+        globals()["app"] = built
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

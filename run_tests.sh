@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Summary: Run every check: ruff, shellcheck, bats, then pytest (its summary line comes last)
+# Usage: run_tests.sh [pytest arguments...]
+#
+# Sets up .venv from requirements-dev.txt when needed (through `run_proxy.sh setup --dev`).
+# Exit codes: 0 all checks passed; non-zero the first failing check's status.
+set -euo pipefail
+
+PROJECT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+readonly PROJECT_DIR
+readonly BIN="${PROJECT_DIR}/.venv/bin"
+
+step() {
+  printf '\n==> %s\n' "$*"
+}
+
+shell_files() {
+  shopt -s nullglob
+  printf '%s\n' run_proxy.sh run_tests.sh .ci/run scripts/*.sh bench/*.sh
+}
+
+main() {
+  cd "${PROJECT_DIR}"
+  "${PROJECT_DIR}/run_proxy.sh" setup --dev
+  export PATH="${BIN}:${PATH}"
+
+  step "ruff"
+  ruff check .
+  ruff format --check .
+
+  step "shellcheck"
+  local files=()
+  mapfile -t files < <(shell_files)
+  shellcheck -x "${files[@]}"
+  if compgen -G 'tests/shell/*.bats' >/dev/null; then
+    shellcheck -x -s bash tests/shell/*.bats tests/shell/*.bash
+  fi
+  echo "shellcheck: ${#files[@]} scripts clean"
+
+  if compgen -G 'tests/shell/*.bats' >/dev/null; then
+    step "bats"
+    bats --timing tests/shell
+  fi
+
+  step "pytest"
+  python -m pytest "$@"
+}
+
+main "$@"

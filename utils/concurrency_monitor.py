@@ -1,0 +1,354 @@
+"""Concurrency monitor: exact request counts, their log lines and JSON, and a pure ASGI middleware.
+
+This module depends on nothing but the standard library and psutil, so it can be
+used in any ASGI app. The proxy (``app/``) imports it; never the reverse.
+
+Definitions (DESIGN.md, "Metrics"):
+
+- active: requests admitted and not yet fully answered (streams included);
+- queued: requests waiting for admission (reported by whoever runs the queue);
+- peak: the highest ``active`` since start;
+- total: every request received, so ``total == ok + failed + cancelled + active + queued``
+  at every instant, which is how it is computed;
+- failed: ended with status >= 500 or an exception; cancelled: the client left first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import psutil
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+Outcome = Literal["ok", "failed", "cancelled"]
+
+LOGGER_NAME = "concurrency"
+# The pid tells several workers apart; the prefix has no `|` and no `%` (the guide's awk recipes split on them).
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+
+# Always listed in [ENDPOINTS], in this order, even at 0.
+ALWAYS_LISTED: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions", "/v1/models")
+# Other endpoints of the OpenAI API (and the proxy's /health): listed once seen.
+KNOWN_ENDPOINTS: frozenset[str] = frozenset(
+    {
+        *ALWAYS_LISTED,
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/moderations",
+        "/v1/images/generations",
+        "/v1/images/edits",
+        "/v1/images/variations",
+        "/v1/audio/speech",
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
+        "/v1/files",
+        "/v1/batches",
+        "/v1/fine_tuning/jobs",
+        "/v1/assistants",
+        "/v1/threads",
+        "/v1/vector_stores",
+        "/v1/uploads",
+        "/v1/rerank",
+        "/v1/score",
+        "/v1/tokenize",
+        "/v1/detokenize",
+        "/health",
+    }
+)
+# Paths with an id below them (`/v1/models/{id}` is counted as `/v1/models`).
+_ID_FAMILIES: tuple[str, ...] = (
+    "/v1/models/",
+    "/v1/responses/",
+    "/v1/files/",
+    "/v1/batches/",
+    "/v1/fine_tuning/jobs/",
+    "/v1/assistants/",
+    "/v1/threads/",
+    "/v1/vector_stores/",
+    "/v1/uploads/",
+)
+# Observation endpoints: watching must not change what is watched.
+UNCOUNTED: frozenset[str] = frozenset({"/monitor", "/metrics"})
+OTHER = "other"
+
+
+def endpoint_of(path: str) -> str | None:
+    """The endpoint a request path is counted under; ``None`` for the observation endpoints."""
+    if path in KNOWN_ENDPOINTS:
+        return path
+    if path in UNCOUNTED:
+        return None
+    trimmed = path.rstrip("/")
+    if trimmed in KNOWN_ENDPOINTS:
+        return trimmed
+    if trimmed in UNCOUNTED:
+        return None
+    for family in _ID_FAMILIES:
+        if trimmed.startswith(family):
+            return family[:-1]
+    return OTHER
+
+
+def format_uptime(seconds: float) -> str:
+    """``Hh Mm Ss``, hours unbounded: 90000 s is ``25h 0m 0s``."""
+    whole = max(0, int(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes}m {secs}s"
+
+
+class _Counts:
+    __slots__ = ("active", "cancelled", "failed", "ok", "queued")
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.queued = 0
+        self.ok = 0
+        self.failed = 0
+        self.cancelled = 0
+
+    @property
+    def total(self) -> int:
+        return self.ok + self.failed + self.cancelled + self.active + self.queued
+
+
+class _SystemSampler:
+    """CPU (since the previous sample), resident memory and threads of this process."""
+
+    def __init__(self) -> None:
+        self._process = psutil.Process(os.getpid())
+        self._process.cpu_percent(None)  # the first call only sets the reference point
+        self._taken = 0.0
+        self.cpu_percent = 0.0
+        self.memory_mb = 0.0
+        self.threads = 0
+
+    def sample(self, max_age: float = 0.0) -> None:
+        now = time.monotonic()
+        if self._taken and now - self._taken < max_age:
+            return
+        with self._process.oneshot():
+            self.cpu_percent = self._process.cpu_percent(None)
+            self.memory_mb = self._process.memory_info().rss / (1024 * 1024)
+            self.threads = self._process.num_threads()
+        self._taken = now
+
+
+class ConcurrencyMonitor:
+    """The one shared object holding every count. All updates are O(1) and run on the event loop."""
+
+    def __init__(self) -> None:
+        self._started = time.monotonic()
+        self.pid = os.getpid()
+        self.active = 0
+        self.peak = 0
+        self.queued = 0
+        self.ok = 0
+        self.failed = 0
+        self.cancelled = 0
+        self._endpoints: dict[str, _Counts] = {name: _Counts() for name in ALWAYS_LISTED}
+        self._system: _SystemSampler | None = None
+
+    # -- updates (the per-request path) -------------------------------------------------
+
+    def _counts(self, endpoint: str) -> _Counts:
+        counts = self._endpoints.get(endpoint)
+        if counts is None:
+            counts = self._endpoints[endpoint] = _Counts()
+        return counts
+
+    def request_started(self, endpoint: str) -> None:
+        """A request became active (admitted)."""
+        self._counts(endpoint).active += 1
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+
+    def request_finished(self, endpoint: str, outcome: Outcome) -> None:
+        """An active request ended."""
+        counts = self._counts(endpoint)
+        counts.active -= 1
+        self.active -= 1
+        self._tally(counts, outcome)
+
+    def queue_entered(self, endpoint: str) -> None:
+        self._counts(endpoint).queued += 1
+        self.queued += 1
+
+    def queue_left(self, endpoint: str) -> None:
+        self._counts(endpoint).queued -= 1
+        self.queued -= 1
+
+    def record(self, endpoint: str, outcome: Outcome) -> None:
+        """A request answered without ever becoming active (refused at the door, or left the queue)."""
+        self._tally(self._counts(endpoint), outcome)
+
+    def _tally(self, counts: _Counts, outcome: Outcome) -> None:
+        if outcome == "ok":
+            counts.ok += 1
+            self.ok += 1
+        elif outcome == "failed":
+            counts.failed += 1
+            self.failed += 1
+        else:
+            counts.cancelled += 1
+            self.cancelled += 1
+
+    # -- reading -------------------------------------------------------------------------
+
+    @property
+    def total(self) -> int:
+        return self.ok + self.failed + self.cancelled + self.active + self.queued
+
+    @property
+    def uptime_seconds(self) -> float:
+        return time.monotonic() - self._started
+
+    def endpoint_active(self) -> dict[str, int]:
+        """Active count per endpoint: the always-listed ones first, then the others in order of first sight."""
+        return {name: counts.active for name, counts in self._endpoints.items()}
+
+    def sample_system(self, max_age: float = 0.0) -> _SystemSampler:
+        """Sample psutil (at most once per ``max_age`` seconds); kept off the per-request path."""
+        if self._system is None:
+            self._system = _SystemSampler()
+        self._system.sample(max_age)
+        return self._system
+
+    def snapshot(self, max_system_age: float = 1.0) -> dict[str, Any]:
+        """The JSON of ``GET /monitor`` (DESIGN.md, "JSON")."""
+        system = self.sample_system(max_system_age)
+        uptime = self.uptime_seconds
+        return {
+            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "active": self.active,
+            "peak": self.peak,
+            "total_requests": self.total,
+            "failed_requests": self.failed,
+            "cancelled_requests": self.cancelled,
+            "queue_depth": self.queued,
+            "uptime": format_uptime(uptime),
+            "uptime_seconds": int(uptime),
+            "endpoints": self.endpoint_active(),
+            "endpoint_stats": {
+                name: {
+                    "active": c.active,
+                    "queued": c.queued,
+                    "total": c.total,
+                    "failed": c.failed,
+                    "cancelled": c.cancelled,
+                }
+                for name, c in self._endpoints.items()
+            },
+            "system": {
+                "cpu_percent": round(system.cpu_percent, 1),
+                "memory_mb": round(system.memory_mb, 1),
+                "threads": system.threads,
+            },
+            "pid": self.pid,
+        }
+
+    def format_lines(self) -> tuple[str, str, str]:
+        """The three metric lines (the logging prefix, `LOG_FORMAT`, adds time, level and pid)."""
+        system = self.sample_system()
+        concurrency = (
+            f"[CONCURRENCY] Active: {self.active}/{self.peak} | Peak: {self.peak} | Total: {self.total}"
+            f" | Failed: {self.failed} | Queue: {self.queued} | Uptime: {format_uptime(self.uptime_seconds)}"
+        )
+        endpoints = "[ENDPOINTS] " + " | ".join(f"{name}: {n}" for name, n in self.endpoint_active().items())
+        system_line = (
+            f"[SYSTEM] CPU: {system.cpu_percent:.1f}% | Memory: {system.memory_mb:.1f}MB | Threads: {system.threads}"
+        )
+        return concurrency, endpoints, system_line
+
+
+class MonitorReporter:
+    """Writes the metric lines every ``interval`` seconds through the ``concurrency`` logger."""
+
+    def __init__(self, monitor: ConcurrencyMonitor, interval: float, logger: logging.Logger | None = None) -> None:
+        self.monitor = monitor
+        self.interval = interval
+        self.logger = logger or logging.getLogger(LOGGER_NAME)
+
+    def report(self) -> None:
+        for line in self.monitor.format_lines():
+            self.logger.info("%s", line)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            self.report()
+            # Keep a fixed cadence: a slow write does not push every later line back.
+            next_at += self.interval
+            delay = next_at - loop.time()
+            if delay < 0:
+                next_at = loop.time()
+                delay = 0
+            await asyncio.sleep(delay)
+
+
+class ConcurrencyMiddleware:
+    """Pure ASGI middleware that counts every HTTP request in a `ConcurrencyMonitor`.
+
+    Per-request state lives in locals; ``self`` holds only the app and the monitor.
+    """
+
+    def __init__(self, app: ASGIApp, monitor: ConcurrencyMonitor) -> None:
+        self.app = app
+        self.monitor = monitor
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        endpoint = endpoint_of(scope["path"])
+        if endpoint is None:
+            await self.app(scope, receive, send)
+            return
+
+        status = 0
+        completed = False
+        disconnected = False
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status, completed
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+            elif (kind == "http.response.body" and not message.get("more_body", False)) or (
+                kind == "http.response.pathsend"
+            ):
+                completed = True
+            await send(message)
+
+        async def watching_receive() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected = True
+            return message
+
+        monitor = self.monitor
+        monitor.request_started(endpoint)
+        outcome: Outcome = "failed"  # an exception (cancellation included) is a failure
+        try:
+            await self.app(scope, watching_receive, counting_send)
+            if completed:
+                outcome = "failed" if status >= 500 else "ok"
+            elif status or disconnected:
+                # The app stopped sending because the client went away.
+                outcome = "cancelled"
+            # else: it returned without a response; the server answers 500 — a failure.
+        finally:
+            monitor.request_finished(endpoint, outcome)
