@@ -26,8 +26,12 @@ healthy() {
   curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$1/health" 2>/dev/null
 }
 
+# pid_gone PID: the process has exited (a zombie not yet reaped by init counts as gone).
 pid_gone() {
-  ! kill -0 "$1" 2>/dev/null
+  local state=""
+  kill -0 "$1" 2>/dev/null || return 0
+  read -r _ _ state _ <"/proc/$1/stat" 2>/dev/null || return 0
+  [[ "${state}" == "Z" ]]
 }
 
 port_free() {

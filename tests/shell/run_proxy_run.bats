@@ -60,3 +60,17 @@ start_run() {
   [ "${status}" -eq 1 ]
   [ "${stderr}" = "run_proxy: MONITOR_UPDATE_INTERVAL='-1' must be a positive number of seconds" ]
 }
+
+@test "run stopped by SIGTERM leaves no process behind" {
+  start_run
+  local children
+  children="$(pgrep -P "${RUN_PID}" | tr '\n' ' ')"
+  kill -TERM "${RUN_PID}"
+  wait_for 20 pid_gone "${RUN_PID}"
+  local child
+  for child in ${children}; do
+    wait_for 10 pid_gone "${child}"
+  done
+  wait_for 10 port_free "${PORT}"
+  RUN_PID=""
+}
