@@ -19,6 +19,23 @@ shell_files() {
   printf '%s\n' run_proxy.sh run_tests.sh .ci/run scripts/*.sh bench/*.sh
 }
 
+# The monitor must work with mawk (Debian's default awk) and gawk: run its suite with each one
+# installed here, through a folder that puts it first in PATH as `awk`.
+monitor_with_each_awk() {
+  local impl shim
+  for impl in mawk gawk; do
+    if ! command -v "${impl}" >/dev/null 2>&1; then
+      echo "monitor suite with ${impl}: skipped, ${impl} is not installed (apt-get install ${impl})"
+      continue
+    fi
+    shim="$(mktemp -d)"
+    ln -s "$(command -v "${impl}")" "${shim}/awk"
+    step "bats: monitor_uvicorn.sh with ${impl}"
+    PATH="${shim}:${PATH}" bats tests/shell/monitor_uvicorn.bats
+    rm -rf "${shim}"
+  done
+}
+
 main() {
   cd "${PROJECT_DIR}"
   "${PROJECT_DIR}/run_proxy.sh" setup --dev
@@ -41,6 +58,7 @@ main() {
   if compgen -G 'tests/shell/*.bats' >/dev/null; then
     step "bats"
     bats --timing tests/shell
+    monitor_with_each_awk
   fi
 
   step "pytest"

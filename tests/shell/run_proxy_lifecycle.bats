@@ -47,6 +47,8 @@ proxy() {
   [[ "${output}" == *"url: http://127.0.0.1:${PORT}"* ]]
   [[ "${output}" == *"upstream: built-in simulator"* ]]
   [[ "${output}" == *"health: ok"* ]]
+  # started without --debug: no metric lines, a one-line note instead of the box
+  [[ "${output}" == *"metrics: none in ${LOG_FILE} yet (metric lines need --debug / DEBUG=true)"* ]]
 
   # a 1.5 s stream is in flight when stop is asked: it still ends with [DONE]
   local stream="${BATS_TEST_TMPDIR}/stream.txt"
@@ -167,6 +169,14 @@ proxy() {
   healthy "${PORT}"
   # DEBUG=true and the 0.2 s interval were kept: the new process writes metric lines
   wait_for 10 grep -q "concurrency\[${new}\]: \[CONCURRENCY\]" "${LOG_FILE}"
+
+  # status ends with the monitor box of the new process
+  run proxy status
+  [ "${status}" -eq 0 ]
+  [[ "${output}" == *"proxy: running (pid ${new}, up "* ]]
+  [[ "${output}" == *"║  Uvicorn Concurrency Monitor"* ]]
+  [[ "${output}" == *"║  Active Concurrent:  0"* ]]
+  [[ "${output}" == *"║  Queue Depth:        0"* ]]
 }
 
 @test "logs --metrics shows metric lines only, and follows" {
