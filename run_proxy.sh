@@ -265,7 +265,14 @@ owned_pid() {
   read -r pid <"${file}" || true
   [[ "${pid}" =~ ^[0-9]+$ ]] || return 1
   kill -0 "${pid}" 2>/dev/null || return 1
-  [[ "$(cmdline "${pid}")" == *"-m ${module} "* || "$(cmdline "${pid}")" == *"-m ${module}" ]] || return 1
+  local line
+  line="$(cmdline "${pid}")"
+  if [[ "${module}" == "app" ]]; then
+    # `python -m app` replaces itself with `python -m uvicorn app.main:app ...`
+    [[ "${line}" == "${PYTHON} -m app "* || "${line}" == "${PYTHON} -m uvicorn app.main:app "* ]] || return 1
+  else
+    [[ "${line}" == "${PYTHON} -m ${module} "* ]] || return 1
+  fi
   printf '%s\n' "${pid}"
 }
 

@@ -1,30 +1,49 @@
-"""`python -m app`: validate the settings, set up logging, and serve the proxy with uvicorn."""
+"""`python -m app`: validate the settings, then become `python -m uvicorn app.main:app ...`.
+
+The process replaces itself (same pid) with the uvicorn command line built from the settings,
+so that `ps aux | grep uvicorn` finds it, as the integration guide expects. A bad setting is
+one line and exit 1 before anything starts.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
-import uvicorn
-
-from app.logs import configure_logging, level_of
+from app.config import Settings
+from app.logs import level_of
 from app.main import load_settings_or_exit
+
+
+def uvicorn_argv(settings: Settings) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "app.main:app",
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.port),
+        "--workers",
+        str(settings.workers),
+        "--log-level",
+        settings.log_level,
+        # One access line per request is for debugging only (and app.logs strips query strings).
+        "--access-log" if level_of(settings) <= logging.DEBUG else "--no-access-log",
+        "--timeout-graceful-shutdown",
+        str(max(1, round(settings.stop_timeout))),
+        "--no-server-header",
+        "--no-proxy-headers",
+    ]
 
 
 def main() -> None:
     settings = load_settings_or_exit()
-    configure_logging(settings)
-    uvicorn.run(
-        "app.main:app",
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_config=None,  # app.logs owns logging
-        log_level=settings.log_level,
-        access_log=level_of(settings) <= logging.DEBUG,
-        timeout_graceful_shutdown=int(settings.stop_timeout),
-        proxy_headers=False,
-        server_header=False,
-    )
+    argv = uvicorn_argv(settings)
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
 
 
 if __name__ == "__main__":
