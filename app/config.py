@@ -17,8 +17,10 @@ from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+UpstreamClientName = Literal["aiohttp", "httpx", "httpx2", "httpx-aiohttp"]
 
 LOG_LEVELS: tuple[str, ...] = ("critical", "error", "warning", "info", "debug", "trace")
+UPSTREAM_CLIENTS: tuple[str, ...] = ("aiohttp", "httpx", "httpx2", "httpx-aiohttp")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
@@ -53,6 +55,7 @@ class Settings:
     pid_file: str = "logs/proxy.pid"
     simulator_port: int = 9998
     stop_timeout: float = 30.0
+    upstream_client: UpstreamClientName = "aiohttp"
 
     @property
     def upstream_base(self) -> str:
@@ -114,6 +117,13 @@ def _parse_level(name: str, raw: str) -> LogLevel:
     return lowered  # type: ignore[return-value]
 
 
+def _parse_client(name: str, raw: str) -> UpstreamClientName:
+    lowered = raw.strip().lower()
+    if lowered not in UPSTREAM_CLIENTS:
+        raise ConfigError(f"{name}={raw!r} must be one of {', '.join(UPSTREAM_CLIENTS)}")
+    return lowered  # type: ignore[return-value]
+
+
 def _parse_nonempty(name: str, raw: str) -> str:
     if not raw.strip():
         raise ConfigError(f"{name}={raw!r} must not be empty")
@@ -165,6 +175,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         pid_file=get("PID_FILE", _parse_nonempty, defaults.pid_file),
         simulator_port=get("SIMULATOR_PORT", _port, defaults.simulator_port),
         stop_timeout=get("STOP_TIMEOUT", _parse_float, defaults.stop_timeout),
+        upstream_client=get("UPSTREAM_CLIENT", _parse_client, defaults.upstream_client),
     )
     if settings.upstream_url is None and settings.simulator_port == settings.port:
         raise ConfigError(f"SIMULATOR_PORT={settings.simulator_port} must differ from PROXY_PORT")

@@ -79,5 +79,6 @@ def configure_logging(settings: Settings) -> None:
         access.addFilter(_StripQuery())
     # The metric lines are INFO and are never silenced by LOG_LEVEL.
     logging.getLogger(LOGGER_NAME).setLevel(logging.INFO)
-    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
-    logging.getLogger("httpcore").setLevel(max(level, logging.WARNING))
+    # HTTP client libraries log every request (URL with query string) at info/debug: never wanted.
+    for name in ("httpx", "httpcore", "httpx2", "httpcore2", "aiohttp"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))

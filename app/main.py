@@ -12,17 +12,23 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
 
 from app.config import ConfigError, Settings, load_settings
-from app.gate import Admission, ProxyGate
+from app.gate import GATED_PREFIX, Admission, ProxyGate
 from app.logs import configure_logging
-from app.proxy import UpstreamProxy, new_client
-from utils.concurrency_monitor import ConcurrencyMiddleware, ConcurrencyMonitor, MonitorReporter
+from app.proxy import UpstreamProxy
+from app.upstream import new_upstream_client
+from utils.concurrency_monitor import (
+    ASGIApp,
+    ConcurrencyMiddleware,
+    ConcurrencyMonitor,
+    MonitorReporter,
+    Receive,
+    Scope,
+    Send,
+)
 
 logger = logging.getLogger("app")
-
-ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def load_settings_or_exit() -> Settings:
@@ -38,7 +44,7 @@ def _error(status: int, message: str, type_: str, code: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": type_, "code": code}}, status_code=status)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> ProxyApp:
     if settings is None:
         settings = load_settings_or_exit()
     try:
@@ -53,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        proxy.client = new_client(settings)
+        proxy.client = new_upstream_client(settings)
         reporter: asyncio.Task[None] | None = None
         if monitor is not None and settings.debug:
             reporter = asyncio.get_running_loop().create_task(
@@ -102,8 +108,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         return JSONResponse(monitor.snapshot())
 
-    api.router.routes.append(Route("/v1/{path:path}", endpoint=proxy, methods=ALL_METHODS))
-
     @api.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
@@ -113,21 +117,47 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def internal_error(_: Request, exc: Exception) -> JSONResponse:
         return _error(500, "Internal proxy error.", "server_error", "internal")
 
-    if monitor is not None:
-        api.add_middleware(ConcurrencyMiddleware, monitor=monitor)
     admission = Admission(settings.max_concurrent_requests, settings.max_queue_size, settings.queue_timeout)
-    api.add_middleware(
-        ProxyGate,
-        admission=admission,
-        max_body_size=settings.max_body_size,
-        api_key=settings.proxy_api_key,
-        monitor=monitor,
-    )
-    api.state.admission = admission
-    return api
+    return ProxyApp(api, proxy, admission, monitor)
 
 
-def __getattr__(name: str) -> FastAPI:
+class _Dispatch:
+    """`/v1/*` straight to the forwarding endpoint (no framework layers on the hot path); the rest to FastAPI."""
+
+    def __init__(self, api: FastAPI, proxy: UpstreamProxy) -> None:
+        self.api = api
+        self.proxy = proxy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(GATED_PREFIX):
+            await self.proxy(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)
+
+
+class ProxyApp:
+    """The served ASGI app: gate (key, queue) -> concurrency middleware -> dispatch."""
+
+    def __init__(
+        self, api: FastAPI, proxy: UpstreamProxy, admission: Admission, monitor: ConcurrencyMonitor | None
+    ) -> None:
+        settings: Settings = api.state.settings
+        self.api = api
+        self.settings = settings
+        self.monitor = monitor
+        self.admission = admission
+        inner: ASGIApp = _Dispatch(api, proxy)
+        if monitor is not None:
+            inner = ConcurrencyMiddleware(inner, monitor)
+        self._app = ProxyGate(
+            inner, admission, max_body_size=settings.max_body_size, api_key=settings.proxy_api_key, monitor=monitor
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
+
+
+def __getattr__(name: str) -> ProxyApp:
     """`app` is built on first access (by uvicorn), so importing this module has no side effects."""
     if name == "app":
         built = create_app()

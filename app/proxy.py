@@ -9,14 +9,14 @@ client goes away, so pooled connections never leak.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from urllib.parse import unquote_to_bytes
-
-import httpx
 
 from app.config import Settings
 from app.errors import send_error
 from app.gate import ResponseAborted
+from app.upstream import UpstreamClient, UpstreamError, UpstreamResponse
 from utils.concurrency_monitor import Receive, Scope, Send
 
 logger = logging.getLogger("app.proxy")
@@ -68,24 +68,13 @@ def escapes_prefix(raw_path: bytes) -> bool:
     return any(segment in (b".", b"..") for segment in decoded.split(b"/"))
 
 
-def new_client(settings: Settings) -> httpx.AsyncClient:
-    """The one shared upstream client: its pool is sized for every admitted request."""
-    size = settings.max_concurrent_requests
-    return httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=size, max_keepalive_connections=size, keepalive_expiry=30.0),
-        timeout=httpx.Timeout(connect=5.0, read=settings.upstream_timeout, write=settings.upstream_timeout, pool=30.0),
-        follow_redirects=False,
-        trust_env=False,
-    )
-
-
 class UpstreamProxy:
     """ASGI endpoint for `/v1/{path}`; ``client`` is set by the app's lifespan."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.base = settings.upstream_base
-        self.client: httpx.AsyncClient | None = None
+        self.client: UpstreamClient | None = None
         self._auth: bytes | None = f"Bearer {settings.upstream_api_key}".encode() if settings.upstream_api_key else None
         # The client's key for the proxy is not the upstream's key: never pass it on.
         self._strip_auth = settings.upstream_api_key is not None or settings.proxy_api_key is not None
@@ -158,6 +147,18 @@ class UpstreamProxy:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._forward(scope, receive, send)
+        except (ResponseAborted, asyncio.CancelledError):
+            raise
+        except Exception:
+            # An OpenAI-shaped 500 if nothing was sent yet (the server refuses a second start
+            # otherwise), then the exception goes on, as starlette's ServerErrorMiddleware does.
+            with contextlib.suppress(RuntimeError):
+                await send_error(send, 500, "Internal proxy error.", "server_error", "internal")
+            raise
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         if escapes_prefix(raw_path):
             await send_error(send, 400, "Invalid request path.", "invalid_request_error", "invalid_path")
@@ -175,15 +176,19 @@ class UpstreamProxy:
         if query:
             url += "?" + query.decode("latin-1")
         method: str = scope["method"]
-        request = httpx.Request(
-            method,
-            url,
-            headers=self._request_headers(scope),
-            content=body if body or method not in _BODYLESS_METHODS else None,
-        )
-        await self._exchange(client, request, receive, send)
+        content = body if body or method not in _BODYLESS_METHODS else None
+        await self._exchange(client, method, url, self._request_headers(scope), content, receive, send)
 
-    async def _exchange(self, client: httpx.AsyncClient, request: httpx.Request, receive: Receive, send: Send) -> None:
+    async def _exchange(
+        self,
+        client: UpstreamClient,
+        method: str,
+        url: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | None,
+        receive: Receive,
+        send: Send,
+    ) -> None:
         """Send upstream and stream the answer back, stopping at once if the client disconnects.
 
         A watcher task waits for `http.disconnect` and cancels this task; the cancellation is
@@ -202,26 +207,18 @@ class UpstreamProxy:
                 task.cancel()
 
         watcher = asyncio.get_running_loop().create_task(watch())
-        response: httpx.Response | None = None
+        response: UpstreamResponse | None = None
         try:
             try:
                 try:
-                    response = await client.send(request, stream=True)
-                except httpx.TimeoutException as exc:
-                    if isinstance(exc, httpx.ConnectTimeout):
-                        await self._upstream_error(send, 502, "upstream_unavailable", exc)
-                    else:
-                        await self._upstream_error(send, 504, "upstream_timeout", exc)
+                    response = await client.send(method, url, headers, body)
+                except UpstreamError as exc:
+                    await self._upstream_error(send, exc)
                     return
-                except httpx.ConnectError as exc:
-                    await self._upstream_error(send, 502, "upstream_unavailable", exc)
-                    return
-                except httpx.TransportError as exc:
-                    await self._upstream_error(send, 502, "upstream_error", exc)
-                    return
-                await self._stream_back(response, send)
-                finished = True  # set before the last send: completing the response wakes the watcher
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                last = await self._stream_back(response, method, url, send)
+                # `finished` is set before the last send: completing the response wakes the watcher.
+                finished = True
+                await send({"type": "http.response.body", "body": last, "more_body": False})
             finally:
                 finished = True  # from here on, the watcher must not cancel us
                 watcher.cancel()
@@ -232,25 +229,48 @@ class UpstreamProxy:
                 raise
             task.uncancel()
 
-    async def _stream_back(self, response: httpx.Response, send: Send) -> None:
-        headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _RESPONSE_DROP]
-        content_type = response.headers.get("content-type", "")
-        if content_type.startswith("text/event-stream"):
+    async def _stream_back(self, response: UpstreamResponse, method: str, url: str, send: Send) -> bytes:
+        """Send the status, headers and every body chunk as it arrives, but the last.
+
+        The last chunk is returned for the caller to send as the final message: when the
+        upstream gave a Content-Length, the chunk that completes it is known to be the last,
+        which saves a separate empty final message (one send per response).
+        """
+        headers: list[tuple[bytes, bytes]] = []
+        event_stream = False
+        remaining = -1
+        for name, value in response.headers:
+            lowered = name.lower()
+            if lowered in _RESPONSE_DROP:
+                continue
+            if lowered == b"content-type" and value.startswith(b"text/event-stream"):
+                event_stream = True
+            elif lowered == b"content-length" and value.isdigit():
+                remaining = int(value)
+            headers.append((lowered, value))
+        if event_stream:
             headers.append((b"x-accel-buffering", b"no"))
-        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        last = b""
         try:
             async for chunk in response.aiter_raw():
-                if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except httpx.TransportError as exc:
+                if not chunk:
+                    continue
+                if remaining >= 0:
+                    remaining -= len(chunk)
+                    if remaining <= 0:
+                        last += chunk  # complete: held back for the final message
+                        continue
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamError as exc:
             # Headers are out: the only honest signal left is to cut the connection.
-            raise ResponseAborted(
-                f"upstream broke mid-response ({type(exc).__name__}) on {response.request.method} "
-                f"{response.request.url.path}"
-            ) from None
+            path = url[len(self.base) :].split("?", 1)[0]
+            raise ResponseAborted(f"upstream broke mid-response ({exc.kind}) on {method} {path}") from None
+        return last
 
-    async def _upstream_error(self, send: Send, status: int, code: str, exc: Exception) -> None:
-        kind = type(exc).__name__
+    async def _upstream_error(self, send: Send, exc: UpstreamError) -> None:
+        code, kind = exc.code, exc.kind
+        status = 504 if code == "upstream_timeout" else 502
         logger.warning("upstream %s: %s (%s)", code.replace("_", " "), self.base, kind)
         messages = {
             "upstream_unavailable": f"The upstream server at {self.base} is unreachable ({kind}).",

@@ -41,7 +41,12 @@ class Server:
     def __init__(self, args: list[str], port: int, log_path: Path, env: Mapping[str, str] | None = None) -> None:
         self.port = port
         self.log_path = log_path
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "UPSTREAM_", "SIM_"))}
+        # The caller's settings are not inherited, except the upstream client under test.
+        full_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("PROXY_", "UPSTREAM_", "SIM_")) or k == "UPSTREAM_CLIENT"
+        }
         full_env.update(env or {})
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
