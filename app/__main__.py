@@ -14,6 +14,7 @@ import sys
 from app.config import Settings
 from app.logs import level_of
 from app.main import load_settings_or_exit
+from app.workers import reset_board
 
 
 def uvicorn_argv(settings: Settings) -> list[str]:
@@ -41,6 +42,8 @@ def uvicorn_argv(settings: Settings) -> list[str]:
 
 def main() -> None:
     settings = load_settings_or_exit()
+    if settings.workers > 1 and settings.enable_concurrency_monitor:
+        reset_board(settings)  # the workers' shared folder starts empty
     argv = uvicorn_argv(settings)
     sys.stdout.flush()
     os.execv(argv[0], argv)

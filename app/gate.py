@@ -16,7 +16,15 @@ from collections import deque
 from typing import Literal
 
 from app.errors import send_error
-from utils.concurrency_monitor import ASGIApp, ConcurrencyMonitor, Message, Receive, Scope, Send, endpoint_of
+from utils.concurrency_monitor import (
+    ASGIApp,
+    ConcurrencyMonitor,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    endpoint_of,
+)
 
 logger = logging.getLogger("app.gate")
 
@@ -102,7 +110,7 @@ class ProxyGate:
                 "invalid_api_key",
                 [(b"www-authenticate", b"Bearer")],
             )
-            self._record(scope, "ok")
+            self._record(scope, "ok", 401)
             return
         admission = self.admission
         if admission.try_enter():
@@ -113,7 +121,7 @@ class ProxyGate:
             return
         if admission.waiting >= admission.max_waiting:
             await self._unavailable(send, "queue_full", "The proxy's request queue is full; retry later.")
-            self._record(scope, "failed")
+            self._record(scope, "failed", 503, "queue_full")
             return
         await self._queued(scope, receive, send)
 
@@ -129,14 +137,16 @@ class ProxyGate:
         try:
             await self.app(scope, receive, send)
         except ResponseAborted as exc:
-            # Already counted as failed by the monitor; the server cuts the connection.
+            # Already counted as failed (upstream_error) by the monitor; the server cuts the connection.
             logger.warning("response aborted: %s", exc)
 
-    def _record(self, scope: Scope, outcome: Literal["ok", "failed", "cancelled"]) -> None:
+    def _record(
+        self, scope: Scope, outcome: Literal["ok", "failed", "cancelled"], status: int = 0, reason: str | None = None
+    ) -> None:
         if self.monitor is not None:
             endpoint = endpoint_of(scope["path"])
             if endpoint is not None:
-                self.monitor.record(endpoint, outcome)
+                self.monitor.record(endpoint, outcome, status, reason)
 
     @staticmethod
     async def _unavailable(send: Send, code: str, message: str) -> None:
@@ -154,7 +164,8 @@ class ProxyGate:
         buffered: list[Message] = []
         body_size = 0
         reader: asyncio.Task[Message] | None = loop.create_task(receive())
-        deadline = loop.time() + admission.timeout
+        entered = loop.time()
+        deadline = entered + admission.timeout
         result: WaitResult = "timeout"
         try:
             while True:
@@ -181,7 +192,7 @@ class ProxyGate:
                         reader = loop.create_task(receive())
         except BaseException:
             result = "timeout"
-            self._record(scope, "failed")  # cancelled by the server (shutdown): keep the count exact
+            self._record(scope, "failed", 0, "internal")  # cancelled by the server (shutdown): keep the count exact
             raise
         finally:
             if result != "admitted":
@@ -189,14 +200,14 @@ class ProxyGate:
                 if reader is not None:
                     reader.cancel()
             if endpoint is not None:
-                monitor.queue_left(endpoint)  # type: ignore[union-attr]
+                monitor.queue_left(endpoint, loop.time() - entered)  # type: ignore[union-attr]
 
         if result == "gone":
             self._record(scope, "cancelled")
             return
         if result == "timeout":
             await self._unavailable(send, "queue_timeout", "The request waited too long in the proxy's queue.")
-            self._record(scope, "failed")
+            self._record(scope, "failed", 503, "queue_timeout")
             return
 
         async def replay() -> Message:

@@ -10,14 +10,16 @@ import sys
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.config import ConfigError, Settings, load_settings
 from app.gate import GATED_PREFIX, Admission, ProxyGate
 from app.logs import configure_logging
+from app.metrics import CONTENT_TYPE, exposition, new_registry
 from app.proxy import UpstreamProxy
 from app.upstream import new_upstream_client
+from app.workers import WorkerBoard, board_dir
 from utils.concurrency_monitor import (
     ASGIApp,
     ConcurrencyMiddleware,
@@ -27,6 +29,7 @@ from utils.concurrency_monitor import (
     Scope,
     Send,
 )
+from utils.monitor_state import State, snapshot_from_state
 
 logger = logging.getLogger("app")
 
@@ -54,12 +57,28 @@ def create_app(settings: Settings | None = None) -> ProxyApp:
         sys.exit(1)
 
     monitor = ConcurrencyMonitor() if settings.enable_concurrency_monitor else None
+    # Several workers: each publishes its numbers, the one that answers adds them all up.
+    board_folder = board_dir(settings) if monitor is not None and settings.workers > 1 else None
+    boards: list[WorkerBoard] = []
+
+    def server_state() -> State:
+        assert monitor is not None
+        if boards:
+            return boards[0].server_state()
+        return monitor.export_state(max_system_age=1.0)
+
     proxy = UpstreamProxy(settings)
     upstream_kind = "built-in simulator" if settings.uses_simulator else "external"
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         proxy.client = new_upstream_client(settings)
+        publisher: asyncio.Task[None] | None = None
+        if board_folder is not None and monitor is not None:
+            # Made here, in the worker process (its pid), not where the app object was built.
+            monitor.pid = os.getpid()
+            boards.append(WorkerBoard(board_folder, monitor))
+            publisher = asyncio.get_running_loop().create_task(boards[0].run())
         reporter: asyncio.Task[None] | None = None
         if monitor is not None and settings.debug:
             reporter = asyncio.get_running_loop().create_task(
@@ -77,10 +96,11 @@ def create_app(settings: Settings | None = None) -> ProxyApp:
         try:
             yield
         finally:
-            if reporter is not None:
-                reporter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reporter
+            for task in (reporter, publisher):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await proxy.client.aclose()
 
     api = FastAPI(title="LLM concurrency proxy", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -106,7 +126,20 @@ def create_app(settings: Settings | None = None) -> ProxyApp:
                 "not_found",
                 "monitor_disabled",
             )
-        return JSONResponse(monitor.snapshot())
+        return JSONResponse(snapshot_from_state(server_state()))
+
+    registry = new_registry(server_state) if monitor is not None else None
+
+    @api.get("/metrics")
+    async def metrics() -> Response:
+        if registry is None:
+            return _error(
+                404,
+                "Concurrency monitoring is off (ENABLE_CONCURRENCY_MONITOR=false).",
+                "not_found",
+                "monitor_disabled",
+            )
+        return Response(exposition(registry), media_type=CONTENT_TYPE)
 
     @api.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -117,7 +150,14 @@ def create_app(settings: Settings | None = None) -> ProxyApp:
     async def internal_error(_: Request, exc: Exception) -> JSONResponse:
         return _error(500, "Internal proxy error.", "server_error", "internal")
 
-    admission = Admission(settings.max_concurrent_requests, settings.max_queue_size, settings.queue_timeout)
+    # MAX_CONCURRENT_REQUESTS and MAX_QUEUE_SIZE are for the whole server: each of N workers
+    # admits (and queues) its 1/N share, at least 1.
+    share = settings.workers
+    admission = Admission(
+        max(1, settings.max_concurrent_requests // share),
+        max(1, settings.max_queue_size // share),
+        settings.queue_timeout,
+    )
     return ProxyApp(api, proxy, admission, monitor)
 
 

@@ -17,7 +17,7 @@ from app.config import Settings
 from app.errors import send_error
 from app.gate import ResponseAborted
 from app.upstream import UpstreamClient, UpstreamError, UpstreamResponse
-from utils.concurrency_monitor import Receive, Scope, Send
+from utils.concurrency_monitor import FAILURE_REASON_KEY, Receive, Scope, Send
 
 logger = logging.getLogger("app.proxy")
 
@@ -177,14 +177,14 @@ class UpstreamProxy:
             url += "?" + query.decode("latin-1")
         method: str = scope["method"]
         content = body if body or method not in _BODYLESS_METHODS else None
-        await self._exchange(client, method, url, self._request_headers(scope), content, receive, send)
+        await self._exchange(client, scope, method, url, content, receive, send)
 
     async def _exchange(
         self,
         client: UpstreamClient,
+        scope: Scope,
         method: str,
         url: str,
-        headers: list[tuple[bytes, bytes]],
         body: bytes | None,
         receive: Receive,
         send: Send,
@@ -211,11 +211,14 @@ class UpstreamProxy:
         try:
             try:
                 try:
-                    response = await client.send(method, url, headers, body)
+                    response = await client.send(method, url, self._request_headers(scope), body)
                 except UpstreamError as exc:
+                    scope[FAILURE_REASON_KEY] = exc.code
                     await self._upstream_error(send, exc)
                     return
-                last = await self._stream_back(response, method, url, send)
+                if response.status >= 500:
+                    scope[FAILURE_REASON_KEY] = "upstream_error"
+                last = await self._stream_back(response, method, url, send, scope)
                 # `finished` is set before the last send: completing the response wakes the watcher.
                 finished = True
                 await send({"type": "http.response.body", "body": last, "more_body": False})
@@ -229,7 +232,7 @@ class UpstreamProxy:
                 raise
             task.uncancel()
 
-    async def _stream_back(self, response: UpstreamResponse, method: str, url: str, send: Send) -> bytes:
+    async def _stream_back(self, response: UpstreamResponse, method: str, url: str, send: Send, scope: Scope) -> bytes:
         """Send the status, headers and every body chunk as it arrives, but the last.
 
         The last chunk is returned for the caller to send as the final message: when the
@@ -264,6 +267,7 @@ class UpstreamProxy:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
             # Headers are out: the only honest signal left is to cut the connection.
+            scope[FAILURE_REASON_KEY] = "upstream_error"
             path = url[len(self.base) :].split("?", 1)[0]
             raise ResponseAborted(f"upstream broke mid-response ({exc.kind}) on {method} {path}") from None
         return last

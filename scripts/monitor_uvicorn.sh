@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Summary: Show the proxy's concurrency metrics from its log: a box, JSON, a live view or a check
-# Usage: monitor_uvicorn.sh [--json] [--watch [--interval S]] [--check [thresholds]] [--log FILE]
+# Usage: monitor_uvicorn.sh [--json] [--watch [--interval S]] [--check [thresholds]] [--log FILE]...
 #
-# Reads the newest [CONCURRENCY], [ENDPOINTS] and [SYSTEM] lines of the log (only its end,
-# so the time taken does not grow with the log's size) and prints them.
+# Reads the newest [CONCURRENCY], [ENDPOINTS], [SYSTEM] and [LATENCY] lines of the log (only its
+# end, so the time taken does not grow with the log's size) and prints them. Lines of several
+# workers (pids in the prefix) and of several logs (--log A --log B) are summed: Workers: N.
 #
 # Options:
 #   -j, --json               One JSON object (the keys of GET /monitor, plus log_file and stale)
 #   -w, --watch              Redraw every interval until Ctrl-C; when stdout is not a terminal,
 #                            append one timestamped snapshot per interval (JSON Lines with --json)
 #   -i, --interval S         Seconds between redraws in --watch (default 2)
-#   -l, --log FILE           Log to read (default: $LOG_FILE, else logs/proxy.log of this project)
+#   -l, --log FILE           Log to read (default: $LOG_FILE, else logs/proxy.log of this project);
+#                            repeat it to add up several proxies' logs
 #   -c, --check              One Nagios-style status line: OK, WARNING (a threshold crossed) or
 #                            CRITICAL (metrics stale: the proxy stopped writing them)
 #       --max-queue N        --check: WARNING when the queue depth is above N
@@ -34,11 +36,13 @@ readonly SCRIPT_DIR
 readonly PROG="monitor_uvicorn"
 readonly FIRST_WINDOW=65536  # bytes read from the end of the log at first
 readonly EOF_MARK="@@monitor-uvicorn-eof@@"
+readonly SOURCE_MARK="@@monitor-uvicorn-source@@"
 
 MODE="box"
 WATCH=0
 INTERVAL=2
 LOG=""
+LOGS=()
 MAX_QUEUE=""
 MAX_FAILED_RATIO=""
 
@@ -78,7 +82,7 @@ parse_args() {
             ;;
           -l | --log)
             [[ -n "$2" ]] || usage_error "--log needs a file name"
-            LOG="$2"
+            LOGS+=("$2")
             ;;
           --max-queue)
             [[ "$2" =~ ^[0-9]+$ ]] || usage_error "--max-queue: '$2' is not a whole number"
@@ -100,7 +104,7 @@ parse_args() {
   if [[ "${MODE}" == "check" && "${WATCH}" == 1 ]]; then
     usage_error "--check and --watch do not go together"
   fi
-  if [[ -z "${LOG}" ]]; then
+  if [[ ${#LOGS[@]} -eq 0 ]]; then
     LOG="${LOG_FILE:-logs/proxy.log}"
     # A relative LOG_FILE is relative to the project, as it is for the proxy.
     [[ "${LOG}" == /* ]] || LOG="${SCRIPT_DIR}/../${LOG}"
@@ -108,6 +112,7 @@ parse_args() {
     if dir="$(cd "$(dirname "${LOG}")" 2>/dev/null && pwd)"; then
       LOG="${dir}/$(basename "${LOG}")"
     fi
+    LOGS=("${LOG}")
   fi
 }
 
@@ -156,7 +161,9 @@ mtime_of() {
   date -r "$1" +%s 2>/dev/null || echo 0
 }
 
-# The parser and formatter: POSIX awk (mawk and gawk), one pass over the window.
+# The parser and formatter: POSIX awk (mawk and gawk), one pass over the windows of every log.
+# Lines are grouped by (log, writer pid): the newest lines of each live group are summed, so
+# several workers of one proxy, and several proxies (--log A --log B), add up to the whole.
 # shellcheck disable=SC2016 # awk's own $fields
 readonly AWK_PROGRAM='
 function days_from_civil(y, m, d,    era, yoe, doy, doe) {
@@ -186,12 +193,11 @@ function json_string(s,    out, i, c) {
   return "\"" out "\""
 }
 function is_uint(v) { return v ~ /^[0-9]+$/ }
-function is_num(v) { return v ~ /^[0-9]+(\.[0-9]+)?$/ }
 function uptime_seconds(u,    parts) {
   split(u, parts, " ")
   return parts[1] * 3600 + parts[2] * 60 + parts[3] * 1
 }
-# prefix_of(line, tag): sets TS and PID from "YYYY-MM-DD HH:MM:SS,mmm LEVEL concurrency[PID]: "
+# parse_prefix(line, tag): sets TS and PID from "YYYY-MM-DD HH:MM:SS,mmm LEVEL concurrency[PID]: "
 function parse_prefix(line, tag,    head, open_at, close_at) {
   TS = ""; PID = ""
   head = substr(line, 1, index(line, tag) - 1)
@@ -202,17 +208,28 @@ function parse_prefix(line, tag,    head, open_at, close_at) {
     close_at = index(head, "]")
     if (close_at > 1 && substr(head, 1, close_at - 1) ~ /^[0-9]+$/) PID = substr(head, 1, close_at - 1)
   }
+  G = src SUBSEP PID
 }
+function ms_value(v) { sub(/ms$/, "", v); return v }
+function json_ms(v) { return (v == "" || v == "-") ? "null" : v + 0 }
 BEGIN {
   CTRL = ""
   for (i = 1; i < 32; i++) CTRL = CTRL sprintf("%c", i)
-  found = 0; ep_found = 0; sys_found = 0
+  ngroups = 0; nsrc = 0; src = 0
+  MS = "([0-9]+(\\.[0-9]+)?ms|-)"
+  LAT_RE = "^p50: " MS " \\| p95: " MS " \\| p99: " MS " \\| TTFT p50: " MS " \\| TTFT p95: " MS "$"
 }
-NR == 1 && skip_first { next }
+index($0, source_mark) == 1 {
+  split($0, head, " ")
+  src = head[2]; skip = head[3]; src_mtime[src] = head[4]
+  path = $0; sub(/^[^ ]+ [^ ]+ [^ ]+ [^ ]+ /, "", path); src_path[src] = path
+  nsrc++
+  next
+}
+skip { skip = 0; next }
 {
   sub(/\r$/, "")
-  if ($0 == eof_mark) next
-  if (index($0, eof_mark)) next   # the half-written last line
+  if (index($0, eof_mark)) next   # the end mark, alone or glued to a half-written last line
 }
 index($0, "[CONCURRENCY] ") {
   rest = substr($0, index($0, "[CONCURRENCY] ") + 14)
@@ -230,17 +247,17 @@ index($0, "[CONCURRENCY] ") {
   }
   if (a == "" || t == "" || f == "" || q == "" || u == "") next   # garbage or torn: not a metrics line
   parse_prefix($0, "[CONCURRENCY] ")
-  if (found && PID == cpid && TS != "" && cts != "") prev_ts = cts
-  else if (!found || PID != cpid) prev_ts = ""
-  found = 1
-  c_active = a; c_peak = (pk != "" ? pk : p); c_total = t; c_failed = f; c_queue = q; c_uptime = u
-  cts = TS; cpid = PID
+  if (!(G in g_seen)) { g_seen[G] = 1; ngroups++; g_list[ngroups] = G; g_src[G] = src; g_pid[G] = PID }
+  if (TS != "" && g_ts[G] != "") g_prev[G] = g_ts[G]
+  g_active[G] = a; g_peak[G] = (pk != "" ? pk : p); g_total[G] = t; g_failed[G] = f; g_queue[G] = q
+  g_uptime[G] = u; g_ts[G] = TS
+  if (TS != "" && (!(src in src_newest) || TS > src_newest[src])) src_newest[src] = TS
   next
 }
 index($0, "[ENDPOINTS] ") {
   rest = substr($0, index($0, "[ENDPOINTS] ") + 12)
   n = split(rest, fields, / \| /)
-  list = ""; count = 0; ok = 1
+  count = 0; ok = 1
   for (i = 1; i <= n; i++) {
     if (fields[i] !~ /^[!-{}~]+: [0-9]+$/) { ok = 0; break }   # printable ASCII names only
     name = fields[i]; v = fields[i]
@@ -249,9 +266,8 @@ index($0, "[ENDPOINTS] ") {
   }
   if (!ok || count == 0) next
   parse_prefix($0, "[ENDPOINTS] ")
-  ep_pid = PID; ep_count = count; ep_found = 1
-  for (i = 1; i <= count; i++) { ep_names[PID, i] = ep_name[i]; ep_vals[PID, i] = ep_val[i] }
-  ep_counts[PID] = count
+  for (i = 1; i <= count; i++) { ep_names[G, i] = ep_name[i]; ep_vals[G, i] = ep_val[i] }
+  ep_counts[G] = count
   next
 }
 index($0, "[SYSTEM] ") {
@@ -262,100 +278,164 @@ index($0, "[SYSTEM] ") {
   cpu = parts[1]; sub(/^CPU: /, "", cpu); sub(/%$/, "", cpu)
   mem = parts[2]; sub(/^Memory: /, "", mem); sub(/MB$/, "", mem)
   thr = parts[3]; sub(/^Threads: /, "", thr)
-  sys_cpu[PID] = cpu; sys_mem[PID] = mem; sys_thr[PID] = thr; sys_seen[PID] = 1
+  sys_cpu[G] = cpu; sys_mem[G] = mem; sys_thr[G] = thr
+  next
+}
+index($0, "[LATENCY] ") {
+  rest = substr($0, index($0, "[LATENCY] ") + 10)
+  if (rest !~ LAT_RE) next
+  parse_prefix($0, "[LATENCY] ")
+  n = split(rest, parts, / \| /)
+  for (i = 1; i <= n; i++) { v = parts[i]; sub(/.*: /, "", v); lat[G, i] = ms_value(v) }
+  lat_seen[G] = 1
   next
 }
 END {
-  if (!found) exit 1
-  # Age of the newest metrics: from the line timestamp, else the file modification time.
-  if (cts != "" && now_local != "") age = to_seconds(now_local) - to_seconds(cts)
-  else age = now_epoch - mtime
-  if (age < 0) age = 0
-  interval = env_interval
-  if (interval == "" && prev_ts != "" && cts != "") interval = to_seconds(cts) - to_seconds(prev_ts)
-  if (interval == "" || interval <= 0) interval = 2
-  stale = (age > 3 * interval)
-  if (cts != "") { stamp = substr(cts, 1, 10) "T" substr(cts, 12, 8) tz } else stamp = mtime_iso
-  has_ep = ((cpid, 1) in ep_names)
-  has_sys = (cpid in sys_seen)
+  if (!ngroups) exit 1
+  interval_known = (env_interval != "")
+  # Each log: the age of its newest metrics; a group (writer pid) is live when its newest line is
+  # within 3 intervals of its log'"'"'s newest (an older pid is a worker that is gone).
+  age = 0; live = 0; stale = 0; any_ts = 0; newest_ts = ""
+  for (i = 1; i <= ngroups; i++) {
+    G = g_list[i]; s = g_src[G]
+    interval = env_interval
+    if (interval == "" && g_prev[G] != "" && g_ts[G] != "") interval = to_seconds(g_ts[G]) - to_seconds(g_prev[G])
+    if (interval == "" || interval <= 0) interval = 2
+    if (g_ts[G] != "") {
+      any_ts = 1
+      if (newest_ts == "" || g_ts[G] > newest_ts) newest_ts = g_ts[G]
+      g_age = to_seconds(now_local) - to_seconds(g_ts[G])
+      if (to_seconds(src_newest[s]) - to_seconds(g_ts[G]) > 3 * interval) continue   # a gone worker
+    } else g_age = now_epoch - src_mtime[s]
+    if (g_age < 0) g_age = 0
+    if (g_age > 3 * interval) stale = 1
+    if (g_age > age) age = g_age
+    live++; L[live] = G
+  }
+  # Sums over the live groups (peak: the sum of their peaks, an upper bound of the true peak).
+  active = 0; peak = 0; total = 0; failed = 0; queue = 0; up = 0; uptime = ""
+  ne = 0; has_sys = 0; cpu = 0; mem = 0; thr = 0; has_lat = 0
+  for (i = 1; i <= 5; i++) lat_max[i] = ""
+  pids = ""
+  for (j = 1; j <= live; j++) {
+    G = L[j]
+    active += g_active[G]; peak += g_peak[G]; total += g_total[G]; failed += g_failed[G]; queue += g_queue[G]
+    if (uptime_seconds(g_uptime[G]) >= up) { up = uptime_seconds(g_uptime[G]); uptime = g_uptime[G] }
+    for (i = 1; i <= ep_counts[G]; i++) {
+      name = ep_names[G, i]
+      if (!(name in ep_sum)) { ne++; ep_order[ne] = name; ep_sum[name] = 0 }
+      ep_sum[name] += ep_vals[G, i]
+    }
+    if (G in sys_cpu) { has_sys = 1; cpu += sys_cpu[G]; mem += sys_mem[G]; thr += sys_thr[G] }
+    if (G in lat_seen) {
+      has_lat = 1
+      for (i = 1; i <= 5; i++) if (lat[G, i] != "-" && (lat_max[i] == "" || lat[G, i] + 0 > lat_max[i] + 0)) lat_max[i] = lat[G, i]
+    }
+    pids = pids (pids == "" ? "" : ", ") (g_pid[G] != "" ? g_pid[G] : "null")
+  }
+  workers = live
+  if (newest_ts != "") stamp = substr(newest_ts, 1, 10) "T" substr(newest_ts, 12, 8) tz; else stamp = mtime_iso
 
   if (mode == "json") {
-    printf "{\"timestamp\": %s, \"active\": %d, \"peak\": %d, \"total_requests\": %d, \"failed_requests\": %d, ", json_string(stamp), c_active, c_peak, c_total, c_failed
-    printf "\"cancelled_requests\": null, \"queue_depth\": %d, \"uptime\": %s, \"uptime_seconds\": %d, ", c_queue, json_string(c_uptime), uptime_seconds(c_uptime)
+    printf "{\"timestamp\": %s, \"active\": %d, \"peak\": %d, \"total_requests\": %d, \"failed_requests\": %d, ", json_string(stamp), active, peak, total, failed
+    printf "\"cancelled_requests\": null, \"queue_depth\": %d, \"uptime\": %s, \"uptime_seconds\": %d, ", queue, json_string(uptime), up
     printf "\"endpoints\": {"
-    if (has_ep) for (i = 1; i <= ep_counts[cpid]; i++) printf "%s%s: %d", (i > 1 ? ", " : ""), json_string(ep_names[cpid, i]), ep_vals[cpid, i]
+    for (i = 1; i <= ne; i++) printf "%s%s: %d", (i > 1 ? ", " : ""), json_string(ep_order[i]), ep_sum[ep_order[i]]
     printf "}, \"system\": "
-    if (has_sys) printf "{\"cpu_percent\": %s, \"memory_mb\": %s, \"threads\": %d}", sys_cpu[cpid] + 0, sys_mem[cpid] + 0, sys_thr[cpid]
+    if (has_sys) printf "{\"cpu_percent\": %s, \"memory_mb\": %s, \"threads\": %d}", cpu + 0, mem + 0, thr
     else printf "{\"cpu_percent\": null, \"memory_mb\": null, \"threads\": null}"
-    printf ", \"pid\": %s, \"log_file\": %s, \"stale\": %s, \"age_seconds\": %d}\n", (cpid != "" ? cpid : "null"), json_string(log_file), (stale ? "true" : "false"), age
+    if (has_lat) {
+      printf ", \"latency_ms\": {\"p50\": %s, \"p95\": %s, \"p99\": %s}", json_ms(lat_max[1]), json_ms(lat_max[2]), json_ms(lat_max[3])
+      printf ", \"ttft_ms\": {\"p50\": %s, \"p95\": %s, \"p99\": null}", json_ms(lat_max[4]), json_ms(lat_max[5])
+    } else printf ", \"latency_ms\": null, \"ttft_ms\": null"
+    printf ", \"workers\": %d, \"pid\": %s, \"pids\": [%s]", workers, (workers == 1 && g_pid[L[1]] != "" ? g_pid[L[1]] : "null"), pids
+    printf ", \"log_file\": %s, \"log_files\": [", json_string(src_path[1])
+    for (i = 1; i <= nsrc; i++) printf "%s%s", (i > 1 ? ", " : ""), json_string(src_path[i])
+    printf "], \"stale\": %s, \"age_seconds\": %d}\n", (stale ? "true" : "false"), age
     exit 0
   }
   if (mode == "check") {
-    ratio = (c_total > 0 ? c_failed / c_total : 0)
+    ratio = (total > 0 ? failed / total : 0)
     state = "OK"; why = ""
-    if (max_queue != "" && c_queue + 0 > max_queue + 0) { state = "WARNING"; why = why sprintf("queue %d > %d; ", c_queue, max_queue) }
+    if (max_queue != "" && queue + 0 > max_queue + 0) { state = "WARNING"; why = why sprintf("queue %d > %d; ", queue, max_queue) }
     if (max_ratio != "" && ratio > max_ratio + 0) { state = "WARNING"; why = why sprintf("failed ratio %.3f > %s; ", ratio, max_ratio) }
     if (stale) { state = "CRITICAL"; why = why sprintf("metrics stale (%ds old); ", age) }
-    printf "UVICORN %s - %sactive %d, peak %d, queue %d, total %d, failed %d (%.1f%%), age %ds | active=%d queue=%d total=%dc failed=%dc\n", state, why, c_active, c_peak, c_queue, c_total, c_failed, ratio * 100, age, c_active, c_queue, c_total, c_failed
+    printf "UVICORN %s - %sactive %d, peak %d, queue %d, total %d, failed %d (%.1f%%), age %ds | active=%d queue=%d total=%dc failed=%dc\n", state, why, active, peak, queue, total, failed, ratio * 100, age, active, queue, total, failed
     exit (state == "OK" ? 10 : state == "WARNING" ? 11 : 12)
   }
   bar = "════════════════════════════════════════════════════════"
   print "╔" bar "╗"
   print "║  Uvicorn Concurrency Monitor"
   print "╠" bar "╣"
-  printf "║  Active Concurrent:  %d\n", c_active
-  printf "║  Peak Concurrent:    %d\n", c_peak
-  printf "║  Total Requests:     %d\n", c_total
-  printf "║  Failed Requests:    %d\n", c_failed
-  printf "║  Queue Depth:        %d\n", c_queue
-  printf "║  Uptime:             %s\n", c_uptime
+  if (workers > 1) printf "║  Workers:            %d\n", workers
+  printf "║  Active Concurrent:  %d\n", active
+  printf "║  Peak Concurrent:    %d%s\n", peak, (workers > 1 ? " (sum of the workers'"'"' peaks)" : "")
+  printf "║  Total Requests:     %d\n", total
+  printf "║  Failed Requests:    %d\n", failed
+  printf "║  Queue Depth:        %d\n", queue
+  printf "║  Uptime:             %s\n", uptime
   if (stale) printf "║  STALE:              newest metrics are %ds old (is the proxy running?)\n", age
   print "╠" bar "╣"
   print "║  Active Endpoints:"
   shown = 0
-  if (has_ep) for (i = 1; i <= ep_counts[cpid]; i++) if (ep_vals[cpid, i] > 0) { printf "║    • %s: %d\n", ep_names[cpid, i], ep_vals[cpid, i]; shown++ }
+  for (i = 1; i <= ne; i++) if (ep_sum[ep_order[i]] > 0) { printf "║    • %s: %d\n", ep_order[i], ep_sum[ep_order[i]]; shown++ }
   if (!shown) print "║    (none)"
   print "╠" bar "╣"
   print "║  System Metrics:"
-  if (has_sys) printf "║    CPU: %s%% | Memory: %s MB | Threads: %d\n", sys_cpu[cpid], sys_mem[cpid], sys_thr[cpid]
+  if (has_sys) printf "║    CPU: %s%% | Memory: %s MB | Threads: %d\n", (workers > 1 ? sprintf("%.1f", cpu) : cpu), (workers > 1 ? sprintf("%.1f", mem) : mem), thr
   else print "║    (no [SYSTEM] line yet)"
+  if (has_lat) {
+    print "╠" bar "╣"
+    printf "║  Latency (last 5 min%s):\n", (workers > 1 ? ", the slowest worker" : "")
+    printf "║    p50: %s | p95: %s | p99: %s | TTFT p50: %s | TTFT p95: %s\n", fmt_ms(lat_max[1]), fmt_ms(lat_max[2]), fmt_ms(lat_max[3]), fmt_ms(lat_max[4]), fmt_ms(lat_max[5])
+  }
   print "╚" bar "╝"
 }
+function fmt_ms(v) { return v == "" ? "-" : v "ms" }
 '
+
+# emit_windows: every log's window, each after a source line; sets FOUND_ANY. Logs without
+# metrics are skipped (the others still count).
+emit_windows() {
+  local index=0 log
+  for log in "${LOGS[@]}"; do
+    index=$((index + 1))
+    LOG="${log}"
+    SOURCE=""
+    choose_source || continue
+    printf '%s %d %d %s %s\n' "${SOURCE_MARK}" "${index}" "$((1 - WINDOW_IS_WHOLE))" "$(mtime_of "${SOURCE}")" "${SOURCE}"
+    read_window "${SOURCE}" "${WINDOW}"
+  done
+}
 
 # render: print the snapshot in MODE; returns 1 when there are no metrics (after saying so).
 render() {
-  if [[ ! -e "${LOG}" && ! -e "${LOG}.1" ]]; then
-    no_metrics "log file ${LOG} does not exist (is the proxy writing to another LOG_FILE? use --log FILE)"
-    return 1
-  fi
-  if [[ -e "${LOG}" && ! -r "${LOG}" ]]; then
-    no_metrics "log file ${LOG} is not readable"
-    return 1
-  fi
-  SOURCE=""
-  WINDOW=0
-  WINDOW_IS_WHOLE=1
-  if ! choose_source; then
-    no_metrics "No metrics found in ${LOG}"
-    return 1
-  fi
-  local tz now_local mtime mtime_iso status=0
+  local log
+  for log in "${LOGS[@]}"; do
+    if [[ ! -e "${log}" && ! -e "${log}.1" ]]; then
+      no_metrics "log file ${log} does not exist (is the proxy writing to another LOG_FILE? use --log FILE)"
+      return 1
+    fi
+    if [[ -e "${log}" && ! -r "${log}" ]]; then
+      no_metrics "log file ${log} is not readable"
+      return 1
+    fi
+  done
+  local tz now_local mtime_iso status=0
   tz="$(date +%z)"
   if [[ "${tz}" == "+0000" ]]; then tz="Z"; else tz="${tz:0:3}:${tz:3:2}"; fi
   now_local="$(date '+%Y-%m-%d %H:%M:%S')"
-  mtime="$(mtime_of "${SOURCE}")"
-  mtime_iso="$(date -u -r "${SOURCE}" +%Y-%m-%dT%H:%M:%SZ 2>/dev/null || true)"
-  read_window "${SOURCE}" "${WINDOW}" | awk \
-    -v mode="${MODE}" -v eof_mark="${EOF_MARK}" -v skip_first="$((1 - WINDOW_IS_WHOLE))" \
-    -v now_local="${now_local}" -v now_epoch="$(date +%s)" -v mtime="${mtime}" -v mtime_iso="${mtime_iso}" \
-    -v tz="${tz}" -v env_interval="${MONITOR_UPDATE_INTERVAL:-}" -v log_file="${SOURCE}" \
+  mtime_iso="$(date -u -r "${LOGS[0]}" +%Y-%m-%dT%H:%M:%SZ 2>/dev/null || date -u +%Y-%m-%dT%H:%M:%SZ)"
+  emit_windows | awk \
+    -v mode="${MODE}" -v eof_mark="${EOF_MARK}" -v source_mark="${SOURCE_MARK}" \
+    -v now_local="${now_local}" -v now_epoch="$(date +%s)" -v mtime_iso="${mtime_iso}" \
+    -v tz="${tz}" -v env_interval="${MONITOR_UPDATE_INTERVAL:-}" \
     -v max_queue="${MAX_QUEUE}" -v max_ratio="${MAX_FAILED_RATIO}" \
     "${AWK_PROGRAM}" || status=$?
   case "${status}" in
     0) return 0 ;;
     10 | 11 | 12) CHECK_STATUS=$((status - 10)); return 0 ;;
-    *) no_metrics "No metrics found in ${LOG}"; return 1 ;;
+    *) no_metrics "No metrics found in ${LOGS[*]}"; return 1 ;;
   esac
 }
 

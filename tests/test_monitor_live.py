@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.servers import Server, start_proxy, start_simulator, wait_until
-from tests.test_monitor_unit import CONCURRENCY_RE, ENDPOINTS_RE, SYSTEM_RE
+from tests.test_monitor_unit import CONCURRENCY_RE, ENDPOINTS_RE, LATENCY_RE, SYSTEM_RE
 
 CHAT = {"model": "llama", "messages": [{"role": "user", "content": "test"}]}
 PREFIX_RE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO concurrency\[(\d+)\]: (.*)$")
@@ -206,12 +206,17 @@ def test_lines_with_log_level_warning(tmp_path: Path, simulator: Server) -> None
     try:
         httpx.post(proxy.url + "/v1/chat/completions", json=CHAT)
         log_file: Path = proxy.log_file  # type: ignore[attr-defined]
-        wait_until(lambda: len(metric_lines(log_file, proxy.pid)) >= 6)
+        wait_until(lambda: len(metric_lines(log_file, proxy.pid)) >= 8)
         lines = metric_lines(log_file, proxy.pid)
-        kinds = [line.split("]")[0] + "]" for line in lines[:6]]
-        assert kinds == ["[CONCURRENCY]", "[ENDPOINTS]", "[SYSTEM]"] * 2
-        for line in lines[: len(lines) - len(lines) % 3]:
-            regex = {"[CONCURRENCY]": CONCURRENCY_RE, "[ENDPOINTS]": ENDPOINTS_RE, "[SYSTEM]": SYSTEM_RE}
+        kinds = [line.split("]")[0] + "]" for line in lines[:8]]
+        assert kinds == ["[CONCURRENCY]", "[ENDPOINTS]", "[SYSTEM]", "[LATENCY]"] * 2
+        for line in lines[: len(lines) - len(lines) % 4]:
+            regex = {
+                "[CONCURRENCY]": CONCURRENCY_RE,
+                "[ENDPOINTS]": ENDPOINTS_RE,
+                "[SYSTEM]": SYSTEM_RE,
+                "[LATENCY]": LATENCY_RE,
+            }
             assert regex[line.split("]")[0] + "]"].match(line), line
         text = log_file.read_text()
         assert " INFO uvicorn" not in text  # LOG_LEVEL=warning silences the rest

@@ -29,6 +29,8 @@ ENDPOINTS_RE = re.compile(
     r"^\[ENDPOINTS\] /v1/chat/completions: \d+ \| /v1/completions: \d+ \| /v1/models: \d+( \| \S+: \d+)*$"
 )
 SYSTEM_RE = re.compile(r"^\[SYSTEM\] CPU: \d+\.\d% \| Memory: \d+\.\dMB \| Threads: \d+$")
+_MS = r"(?:\d+(?:\.\d)?ms|-)"
+LATENCY_RE = re.compile(rf"^\[LATENCY\] p50: {_MS} \| p95: {_MS} \| p99: {_MS} \| TTFT p50: {_MS} \| TTFT p95: {_MS}$")
 
 
 @pytest.mark.parametrize(
@@ -62,7 +64,8 @@ def test_lines_match_the_guide() -> None:
     monitor = ConcurrencyMonitor()
     monitor.request_started("/v1/chat/completions")
     monitor.request_started("/v1/embeddings")
-    concurrency, endpoints, system = monitor.format_lines()
+    concurrency, endpoints, system, latency = monitor.format_lines()
+    assert latency == "[LATENCY] p50: - | p95: - | p99: - | TTFT p50: - | TTFT p95: -"
     match = CONCURRENCY_RE.match(concurrency)
     assert match, concurrency
     assert match.groups() == ("2", "2", "2", "2", "0", "0")
@@ -169,3 +172,47 @@ def test_endpoint_map_stays_bounded() -> None:
             monitor.request_finished(endpoint, "ok")
     assert len(monitor.endpoint_active()) <= len(ALWAYS_LISTED) + 2  # + "other" (and /health at most)
     assert monitor.total == monitor.ok
+
+
+def test_percentiles_of_known_latencies() -> None:
+    monitor = ConcurrencyMonitor()
+    for ms in range(1, 101):  # 1..100 ms, non-streamed
+        monitor.request_started("/v1/completions")
+        monitor.request_finished("/v1/completions", "ok", 200, duration=ms / 1000)
+    for ms in (200, 210, 220, 600):  # streams: their duration stays out of the latency percentiles
+        monitor.request_started("/v1/chat/completions")
+        monitor.request_finished("/v1/chat/completions", "ok", 200, duration=5.0, ttft=ms / 1000, stream=True)
+    snap = monitor.snapshot()
+    assert snap["latency_ms"] == {"p50": 50.0, "p95": 95.0, "p99": 99.0}
+    assert snap["ttft_ms"] == {"p50": 210.0, "p95": 600.0, "p99": 600.0}
+    latency_line = monitor.format_lines()[3]
+    assert latency_line == "[LATENCY] p50: 50ms | p95: 95ms | p99: 99ms | TTFT p50: 210ms | TTFT p95: 600ms"
+    assert LATENCY_RE.match(latency_line)
+    # histograms for Prometheus: every ok request's duration, by endpoint
+    assert monitor.histograms["duration"]["/v1/completions"].count == 100
+    assert monitor.histograms["ttft"]["/v1/chat/completions"].count == 4
+    assert monitor.histograms["stream_duration"]["/v1/chat/completions"].count == 4
+
+
+def test_rolling_window_forgets_old_samples() -> None:
+    from utils.latency import RollingWindow
+
+    window = RollingWindow(seconds=300, max_samples=5)
+    for i in range(10):
+        window.add(float(i), now=100.0 + i)
+    assert len(window) == 5  # only the newest max_samples are kept
+    assert window.percentiles((50.0,), now=110.0) == [7.0]
+    assert window.percentiles((50.0,), now=1000.0) == [None]  # all older than the window
+
+
+def test_failure_reasons() -> None:
+    monitor = ConcurrencyMonitor()
+    monitor.record("/v1/completions", "failed", 503, "queue_full")
+    monitor.request_started("/v1/completions")
+    monitor.request_finished("/v1/completions", "failed", 502, "upstream_unavailable")
+    monitor.request_started("/v1/completions")
+    monitor.request_finished("/v1/completions", "failed", 500, None)
+    assert monitor.failed_reasons["queue_full"] == 1
+    assert monitor.failed_reasons["upstream_unavailable"] == 1
+    assert monitor.failed_reasons["internal"] == 1
+    assert monitor.responses[("/v1/completions", 502)] == 1

@@ -18,12 +18,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import psutil
+
+from utils.latency import Histogram, RollingWindow, format_ms
+from utils.monitor_state import export_state, format_uptime, snapshot_from_state
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -32,6 +35,21 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 Outcome = Literal["ok", "failed", "cancelled"]
+
+# An app may say why a request failed by setting this scope key (the proxy does: upstream_unavailable,
+# upstream_timeout, upstream_error, queue_full, queue_timeout); otherwise a failure is "internal".
+FAILURE_REASON_KEY = "concurrency_monitor.failure_reason"
+FAILURE_REASONS: tuple[str, ...] = (
+    "upstream_unavailable",
+    "upstream_timeout",
+    "upstream_error",
+    "queue_full",
+    "queue_timeout",
+    "internal",
+)
+HISTOGRAMS: tuple[str, ...] = ("duration", "stream_duration", "headers", "ttft", "queue_wait")
+# The first SSE event that carries generated text (not the role-only chunk): chat or completions.
+_CONTENT_RE = re.compile(rb'"(?:content|text|reasoning_content)":"[^"]')
 
 LOGGER_NAME = "concurrency"
 # The pid tells several workers apart; the prefix has no `|` and no `%` (the guide's awk recipes split on them).
@@ -100,14 +118,6 @@ def endpoint_of(path: str) -> str | None:
     return OTHER
 
 
-def format_uptime(seconds: float) -> str:
-    """``Hh Mm Ss``, hours unbounded: 90000 s is ``25h 0m 0s``."""
-    whole = max(0, int(seconds))
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h {minutes}m {secs}s"
-
-
 class _Counts:
     __slots__ = ("active", "cancelled", "failed", "ok", "queued")
 
@@ -159,6 +169,14 @@ class ConcurrencyMonitor:
         self.cancelled = 0
         self._endpoints: dict[str, _Counts] = {name: _Counts() for name in ALWAYS_LISTED}
         self._system: _SystemSampler | None = None
+        # Latency: rolling windows for the percentiles (non-streamed durations, streams' time to
+        # first token: a stream's duration is generation time and would poison the first) ...
+        self.latency_window = RollingWindow()
+        self.ttft_window = RollingWindow()
+        # ... and cumulative histograms per kind and endpoint, for Prometheus.
+        self.histograms: dict[str, dict[str, Histogram]] = {kind: {} for kind in HISTOGRAMS}
+        self.responses: dict[tuple[str, int], int] = {}
+        self.failed_reasons: dict[str, int] = dict.fromkeys(FAILURE_REASONS, 0)
 
     # -- updates (the per-request path) -------------------------------------------------
 
@@ -174,32 +192,66 @@ class ConcurrencyMonitor:
         self.active += 1
         self.peak = max(self.peak, self.active)
 
-    def request_finished(self, endpoint: str, outcome: Outcome) -> None:
-        """An active request ended."""
+    def request_finished(
+        self,
+        endpoint: str,
+        outcome: Outcome,
+        status: int = 0,
+        reason: str | None = None,
+        duration: float | None = None,
+        headers_after: float | None = None,
+        ttft: float | None = None,
+        stream: bool = False,
+    ) -> None:
+        """An active request ended; the times are seconds since it became active."""
         counts = self._counts(endpoint)
         counts.active -= 1
         self.active -= 1
-        self._tally(counts, outcome)
+        self._tally(counts, endpoint, outcome, status, reason)
+        if headers_after is not None:
+            self._observe("headers", endpoint, headers_after)
+        if ttft is not None:
+            self._observe("ttft", endpoint, ttft)
+            self.ttft_window.add(ttft)
+        if duration is not None and outcome == "ok":
+            if stream:
+                self._observe("stream_duration", endpoint, duration)
+            else:
+                self._observe("duration", endpoint, duration)
+                self.latency_window.add(duration)
 
     def queue_entered(self, endpoint: str) -> None:
         self._counts(endpoint).queued += 1
         self.queued += 1
 
-    def queue_left(self, endpoint: str) -> None:
+    def queue_left(self, endpoint: str, waited: float | None = None) -> None:
         self._counts(endpoint).queued -= 1
         self.queued -= 1
+        if waited is not None:
+            self._observe("queue_wait", endpoint, waited)
 
-    def record(self, endpoint: str, outcome: Outcome) -> None:
+    def record(self, endpoint: str, outcome: Outcome, status: int = 0, reason: str | None = None) -> None:
         """A request answered without ever becoming active (refused at the door, or left the queue)."""
-        self._tally(self._counts(endpoint), outcome)
+        self._tally(self._counts(endpoint), endpoint, outcome, status, reason)
 
-    def _tally(self, counts: _Counts, outcome: Outcome) -> None:
+    def _observe(self, kind: str, endpoint: str, value: float) -> None:
+        per_endpoint = self.histograms[kind]
+        histogram = per_endpoint.get(endpoint)
+        if histogram is None:
+            histogram = per_endpoint[endpoint] = Histogram()
+        histogram.observe(value)
+
+    def _tally(self, counts: _Counts, endpoint: str, outcome: Outcome, status: int, reason: str | None) -> None:
+        key = (endpoint, status)
+        self.responses[key] = self.responses.get(key, 0) + 1
         if outcome == "ok":
             counts.ok += 1
             self.ok += 1
         elif outcome == "failed":
             counts.failed += 1
             self.failed += 1
+            reason = reason if reason in self.failed_reasons else "internal"
+            self.failed_reasons[reason] += 1  # type: ignore[index]
         else:
             counts.cancelled += 1
             self.cancelled += 1
@@ -225,41 +277,24 @@ class ConcurrencyMonitor:
         self._system.sample(max_age)
         return self._system
 
+    def latency_percentiles(self) -> tuple[list[float | None], list[float | None]]:
+        """Seconds: (p50, p95, p99) of non-streamed durations and of streams' time to first token."""
+        qs = (50.0, 95.0, 99.0)
+        return self.latency_window.percentiles(qs), self.ttft_window.percentiles(qs)
+
+    def endpoint_counts(self) -> dict[str, _Counts]:
+        return self._endpoints
+
+    def export_state(self, max_system_age: float = 1.0) -> dict[str, Any]:
+        """This worker's numbers as plain data (see utils.monitor_state)."""
+        return export_state(self, max_system_age)
+
     def snapshot(self, max_system_age: float = 1.0) -> dict[str, Any]:
         """The JSON of ``GET /monitor`` (DESIGN.md, "JSON")."""
-        system = self.sample_system(max_system_age)
-        uptime = self.uptime_seconds
-        return {
-            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "active": self.active,
-            "peak": self.peak,
-            "total_requests": self.total,
-            "failed_requests": self.failed,
-            "cancelled_requests": self.cancelled,
-            "queue_depth": self.queued,
-            "uptime": format_uptime(uptime),
-            "uptime_seconds": int(uptime),
-            "endpoints": self.endpoint_active(),
-            "endpoint_stats": {
-                name: {
-                    "active": c.active,
-                    "queued": c.queued,
-                    "total": c.total,
-                    "failed": c.failed,
-                    "cancelled": c.cancelled,
-                }
-                for name, c in self._endpoints.items()
-            },
-            "system": {
-                "cpu_percent": round(system.cpu_percent, 1),
-                "memory_mb": round(system.memory_mb, 1),
-                "threads": system.threads,
-            },
-            "pid": self.pid,
-        }
+        return snapshot_from_state(export_state(self, max_system_age))
 
-    def format_lines(self) -> tuple[str, str, str]:
-        """The three metric lines (the logging prefix, `LOG_FORMAT`, adds time, level and pid)."""
+    def format_lines(self) -> tuple[str, str, str, str]:
+        """The four metric lines (the logging prefix, `LOG_FORMAT`, adds time, level and pid)."""
         system = self.sample_system()
         concurrency = (
             f"[CONCURRENCY] Active: {self.active}/{self.peak} | Peak: {self.peak} | Total: {self.total}"
@@ -269,7 +304,12 @@ class ConcurrencyMonitor:
         system_line = (
             f"[SYSTEM] CPU: {system.cpu_percent:.1f}% | Memory: {system.memory_mb:.1f}MB | Threads: {system.threads}"
         )
-        return concurrency, endpoints, system_line
+        (p50, p95, p99), (t50, t95, _) = self.latency_percentiles()
+        latency = (
+            f"[LATENCY] p50: {format_ms(p50)} | p95: {format_ms(p95)} | p99: {format_ms(p99)}"
+            f" | TTFT p50: {format_ms(t50)} | TTFT p95: {format_ms(t95)}"
+        )
+        return concurrency, endpoints, system_line, latency
 
 
 class MonitorReporter:
@@ -320,15 +360,27 @@ class ConcurrencyMiddleware:
         status = 0
         completed = False
         disconnected = False
+        stream = False
+        headers_at = 0.0
+        first_token_at = 0.0
+        clock = time.perf_counter
 
         async def counting_send(message: Message) -> None:
-            nonlocal status, completed
+            nonlocal status, completed, stream, headers_at, first_token_at
             kind = message["type"]
             if kind == "http.response.start":
                 status = message["status"]
-            elif (kind == "http.response.body" and not message.get("more_body", False)) or (
-                kind == "http.response.pathsend"
-            ):
+                headers_at = clock()
+                for name, value in message.get("headers", ()):
+                    if name.lower() == b"content-type":
+                        stream = value.startswith(b"text/event-stream")
+                        break
+            elif kind == "http.response.body":
+                if stream and not first_token_at and _CONTENT_RE.search(message.get("body", b"")):
+                    first_token_at = clock()
+                if not message.get("more_body", False):
+                    completed = True
+            elif kind == "http.response.pathsend":
                 completed = True
             await send(message)
 
@@ -341,6 +393,7 @@ class ConcurrencyMiddleware:
 
         monitor = self.monitor
         monitor.request_started(endpoint)
+        started = clock()
         outcome: Outcome = "failed"  # an exception (cancellation included) is a failure
         try:
             await self.app(scope, watching_receive, counting_send)
@@ -351,4 +404,13 @@ class ConcurrencyMiddleware:
                 outcome = "cancelled"
             # else: it returned without a response; the server answers 500 — a failure.
         finally:
-            monitor.request_finished(endpoint, outcome)
+            monitor.request_finished(
+                endpoint,
+                outcome,
+                status,
+                scope.get(FAILURE_REASON_KEY),
+                clock() - started,
+                headers_at - started if headers_at else None,
+                first_token_at - started if first_token_at else None,
+                stream,
+            )

@@ -295,3 +295,55 @@ BOX
   [ ! -e pwned ]
   [ ! -e "${BATS_TEST_TMPDIR}/a dir/pwned" ]
 }
+
+@test "[LATENCY] lines: a box section and latency_ms / ttft_ms in the JSON" {
+  snapshot 1 1 10 0 0 >"${LOG}"
+  printf '%s INFO concurrency[4242]: [LATENCY] p50: 120ms | p95: 850ms | p99: 1200ms | TTFT p50: 210ms | TTFT p95: 600ms\n' \
+    "$(now_ts)" >>"${LOG}"
+  run "${MONITOR}" --log "${LOG}"
+  [[ "${output}" == *"║  Latency (last 5 min):"*"║    p50: 120ms | p95: 850ms | p99: 1200ms | TTFT p50: 210ms | TTFT p95: 600ms"* ]]
+  run "${MONITOR}" --json --log "${LOG}"
+  [ "$(json_field latency_ms <<<"${output}")" = '{"p50": 120, "p95": 850, "p99": 1200}' ]
+  [ "$(json_field ttft_ms <<<"${output}")" = '{"p50": 210, "p95": 600, "p99": null}' ]
+  printf '%s INFO concurrency[4242]: [LATENCY] p50: 0.4ms | p95: - | p99: - | TTFT p50: - | TTFT p95: -\n' "$(now_ts)" >>"${LOG}"
+  run "${MONITOR}" --json --log "${LOG}"
+  [ "$(json_field latency_ms <<<"${output}")" = '{"p50": 0.4, "p95": null, "p99": null}' ]
+}
+
+@test "several workers in one log are summed (Workers: N), a gone worker is left out" {
+  {
+    snapshot 9 9 900 9 9 60 1111   # a worker of a previous run, a minute older: gone
+    snapshot 2 5 40 1 0 1 2222
+    snapshot 3 4 60 2 1 0 3333
+  } >"${LOG}"
+  run "${MONITOR}" --json --log "${LOG}"
+  [ "$(json_field workers <<<"${output}")" = "2" ]
+  [ "$(json_field active <<<"${output}")" = "5" ]
+  [ "$(json_field total_requests <<<"${output}")" = "100" ]
+  [ "$(json_field failed_requests <<<"${output}")" = "3" ]
+  [ "$(json_field queue_depth <<<"${output}")" = "1" ]
+  [ "$(json_field peak <<<"${output}")" = "9" ]
+  [ "$(json_field endpoints '/v1/chat/completions' <<<"${output}")" = "5" ]
+  [ "$(json_field pids <<<"${output}")" = "[2222, 3333]" ]
+  [ "$(json_field system memory_mb <<<"${output}")" = "1024.6" ]
+  run "${MONITOR}" --log "${LOG}"
+  [[ "${output}" == *"║  Workers:            2"* ]]
+  [[ "${output}" == *"║  Peak Concurrent:    9 (sum of the workers' peaks)"* ]]
+  [[ "${output}" == *"║  Total Requests:     100"* ]]
+}
+
+@test "--log A --log B adds up two proxies" {
+  local other="${BATS_TEST_TMPDIR}/other.log"
+  snapshot 2 2 20 1 0 0 100 >"${LOG}"
+  snapshot 3 3 30 0 2 0 100 >"${other}"
+  run "${MONITOR}" --json --log "${LOG}" --log "${other}"
+  [ "${status}" -eq 0 ]
+  [ "$(json_field workers <<<"${output}")" = "2" ]
+  [ "$(json_field total_requests <<<"${output}")" = "50" ]
+  [ "$(json_field queue_depth <<<"${output}")" = "2" ]
+  [ "$(json_field log_files <<<"${output}")" = "[\"${LOG}\", \"${other}\"]" ]
+  # one of them stale: the whole is stale (a cron job must hear of a dead instance)
+  snapshot 3 3 30 0 2 600 100 >"${other}"
+  run "${MONITOR}" --check --log "${LOG}" --log "${other}"
+  [ "${status}" -eq 2 ]
+}

@@ -193,8 +193,8 @@ proxy() {
   # it follows: more lines arrive after the first read
   wait_for 10 bash -c "[ \$(wc -l <'${out}') -ge $((first + 6)) ]"
   kill_tree "${logs_pid}"
-  run grep -v -E '\[(CONCURRENCY|ENDPOINTS|SYSTEM)\]' "${out}"
-  [ "${status}" -eq 1 ]
+  run grep -v -E '\[(CONCURRENCY|ENDPOINTS|SYSTEM|LATENCY)\]' "${out}"
+  [ "${status}" -eq 1 ] || { echo "not metric lines: ${output}" >&3; false; }
   grep -q 'GET /v1/models' "${LOG_FILE}" || true
   run proxy logs --no-follow
   [ "${status}" -eq 0 ]

@@ -1,0 +1,84 @@
+"""Latency bookkeeping for the concurrency monitor: rolling percentiles and fixed-bucket histograms.
+
+Both cost O(1) per observation; the work (sorting, summing) happens when they are read.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from bisect import bisect_left
+from collections import deque
+
+WINDOW_SECONDS = 300.0
+WINDOW_MAX_SAMPLES = 10_000
+# Seconds; the same buckets for every histogram (Prometheus `le` bounds, +Inf implied).
+BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class RollingWindow:
+    """The most recent samples — at most `max_samples`, none older than `seconds` — for exact percentiles.
+
+    At more than max_samples per window the percentiles cover the newest max_samples requests.
+    """
+
+    __slots__ = ("_samples", "seconds")
+
+    def __init__(self, seconds: float = WINDOW_SECONDS, max_samples: int = WINDOW_MAX_SAMPLES) -> None:
+        self.seconds = seconds
+        self._samples: deque[tuple[float, float]] = deque(maxlen=max_samples)
+
+    def add(self, value: float, now: float | None = None) -> None:
+        self._samples.append((time.monotonic() if now is None else now, value))
+
+    def percentiles(self, qs: tuple[float, ...], now: float | None = None) -> list[float | None]:
+        """Nearest-rank percentiles (q in 0..100) of the samples in the window; None when it is empty."""
+        cutoff = (time.monotonic() if now is None else now) - self.seconds
+        samples = self._samples
+        while samples and samples[0][0] < cutoff:
+            samples.popleft()
+        values = sorted(v for _, v in samples)
+        if not values:
+            return [None] * len(qs)
+        n = len(values)
+        return [values[min(n - 1, max(0, math.ceil(q / 100 * n) - 1))] for q in qs]
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+
+class Histogram:
+    """Counts per bucket (not cumulative), their sum and count: what Prometheus exposes."""
+
+    __slots__ = ("count", "counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(BUCKETS, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """[(le, cumulative count), ...] ending with +Inf."""
+        out = []
+        running = 0
+        for bound, count in zip((*BUCKETS, math.inf), self.counts, strict=True):
+            running += count
+            out.append(("+Inf" if bound == math.inf else repr(bound), running))
+        return out
+
+
+def format_ms(seconds: float | None) -> str:
+    """`120ms`, `3.4ms` below 10 ms, `-` when there is no sample."""
+    if seconds is None:
+        return "-"
+    ms = seconds * 1000
+    return f"{ms:.0f}ms" if ms >= 10 else f"{ms:.1f}ms"
+
+
+def to_ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
