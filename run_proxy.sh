@@ -221,14 +221,16 @@ log_file() {
   abs_path "${LOG_FILE:-logs/proxy.log}"
 }
 
-# load_state: export the remembered settings that are not already set. Read as data, never sourced.
+# load_state [override]: export the settings remembered from the last start — those not already
+# set, or all of them with `override` (status and logs describe the instance that runs, whatever
+# this shell has). Read as data, never sourced.
 load_state() {
-  local file key value
+  local override="${1:-}" file key value
   file="$(state_file)"
   [[ -r "${file}" ]] || return 0
   while IFS='=' read -r key value; do
     [[ " ${STATE_KEYS} STARTED_AT " == *" ${key} "* ]] || continue
-    if [[ -z "${!key+set}" ]]; then
+    if [[ -n "${override}" || -z "${!key+set}" ]]; then
       export "${key}=${value}"
     fi
   done <"${file}"
@@ -360,13 +362,15 @@ stop_pid() {
   wait "${pid}" 2>/dev/null || true
 }
 
-# preflight: options parsed, venv ready, configuration valid, ports free.
+# preflight [REUSED_SIMULATOR_PID]: options parsed, venv ready, configuration valid, ports free
+# (the simulator's port may be taken by the simulator being reused).
 preflight() {
+  local reused_simulator="${1:-}"
   cmd_setup
   check_config
   local host="${PROXY_HOST:-127.0.0.1}" port="${PROXY_PORT:-9999}"
   port_in_use "${host}" "${port}" && die "port ${port} is in use (choose another with --port)"
-  if [[ -z "${UPSTREAM_URL:-}" ]] && port_in_use 127.0.0.1 "${SIMULATOR_PORT:-9998}"; then
+  if [[ -z "${UPSTREAM_URL:-}" && -z "${reused_simulator}" ]] && port_in_use 127.0.0.1 "${SIMULATOR_PORT:-9998}"; then
     die "simulator port ${SIMULATOR_PORT:-9998} is in use (set SIMULATOR_PORT, or --upstream URL for a real server)"
   fi
   mkdir -p "$(dirname "$(log_file)")" "$(dirname "$(pid_file)")" "${PROJECT_DIR}/logs"
@@ -417,11 +421,19 @@ cmd_start() {
     return 0
   fi
   clean_stale
-  preflight
+  # A proxy killed with SIGKILL leaves its simulator running: reuse it.
+  local reused=""
+  if [[ -z "${UPSTREAM_URL:-}" ]]; then
+    reused="$(owned_pid "$(sim_pid_file)" app.simulator)" || reused=""
+  fi
+  preflight "${reused}"
   export LOG_CONSOLE=false # the log file has it all; stdout/stderr go to logs/proxy.out
   local output="${PROJECT_DIR}/logs/proxy.out"
   umask 022
-  if [[ -z "${UPSTREAM_URL:-}" ]]; then
+  if [[ -n "${reused}" ]]; then
+    SIM_PID="${reused}"
+    err "reusing the simulator left running (pid ${SIM_PID})"
+  elif [[ -z "${UPSTREAM_URL:-}" ]]; then
     start_simulator 1
     printf '%s\n' "${SIM_PID}" >"$(sim_pid_file)"
   fi
@@ -500,7 +512,7 @@ cmd_status() {
     fi
     return 3
   fi
-  load_state
+  load_state override
   local uptime="unknown" health
   if [[ "${STARTED_AT:-}" =~ ^[0-9]+$ ]]; then
     uptime="$(format_duration $(($(date +%s) - STARTED_AT)))"
@@ -537,7 +549,9 @@ cmd_logs() {
     shift
   done
   parse_options "${rest[@]+"${rest[@]}"}"
-  load_state
+  if owned_pid "$(pid_file)" app >/dev/null; then
+    load_state override
+  fi
   local file
   file="$(log_file)"
   [[ -e "${file}" ]] || die "no log file at ${file} yet"

@@ -56,6 +56,7 @@ class Settings:
     simulator_port: int = 9998
     stop_timeout: float = 30.0
     upstream_client: UpstreamClientName = "aiohttp"
+    metrics_public: bool = False
 
     @property
     def upstream_base(self) -> str:
@@ -176,6 +177,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         simulator_port=get("SIMULATOR_PORT", _port, defaults.simulator_port),
         stop_timeout=get("STOP_TIMEOUT", _parse_float, defaults.stop_timeout),
         upstream_client=get("UPSTREAM_CLIENT", _parse_client, defaults.upstream_client),
+        metrics_public=get("METRICS_PUBLIC", _parse_bool, defaults.metrics_public),
     )
     if settings.upstream_url is None and settings.simulator_port == settings.port:
         raise ConfigError(f"SIMULATOR_PORT={settings.simulator_port} must differ from PROXY_PORT")

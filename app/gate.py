@@ -29,6 +29,7 @@ from utils.concurrency_monitor import (
 logger = logging.getLogger("app.gate")
 
 GATED_PREFIX = "/v1/"
+OBSERVATION_PATHS = frozenset({"/monitor", "/metrics"})
 WaitResult = Literal["admitted", "timeout", "gone"]
 
 
@@ -90,8 +91,11 @@ class ProxyGate:
         max_body_size: int,
         api_key: str | None = None,
         monitor: ConcurrencyMonitor | None = None,
+        metrics_public: bool = False,
     ) -> None:
         self.app = app
+        # With a key, /monitor and /metrics need it too unless METRICS_PUBLIC=true.
+        self._guard_observation = api_key is not None and not metrics_public
         self.admission = admission
         self.max_body_size = max_body_size
         self._expected_auth = f"Bearer {api_key}".encode() if api_key else None
@@ -99,17 +103,18 @@ class ProxyGate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(GATED_PREFIX):
+            if (
+                self._guard_observation
+                and scope["type"] == "http"
+                and scope["path"] in OBSERVATION_PATHS
+                and not self._authorized(scope)
+            ):
+                await self._unauthorized(send)  # not counted, as these paths never are
+                return
             await self._call(scope, receive, send)
             return
         if self._expected_auth is not None and not self._authorized(scope):
-            await send_error(
-                send,
-                401,
-                "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
-                "authentication_error",
-                "invalid_api_key",
-                [(b"www-authenticate", b"Bearer")],
-            )
+            await self._unauthorized(send)
             self._record(scope, "ok", 401)
             return
         admission = self.admission
@@ -124,6 +129,17 @@ class ProxyGate:
             self._record(scope, "failed", 503, "queue_full")
             return
         await self._queued(scope, receive, send)
+
+    @staticmethod
+    async def _unauthorized(send: Send) -> None:
+        await send_error(
+            send,
+            401,
+            "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
+            "authentication_error",
+            "invalid_api_key",
+            [(b"www-authenticate", b"Bearer")],
+        )
 
     def _authorized(self, scope: Scope) -> bool:
         expected = self._expected_auth

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 from logging.handlers import RotatingFileHandler
 
 from app.config import ConfigError, Settings
@@ -35,6 +37,48 @@ class _StripQuery(logging.Filter):
         return True
 
 
+class _QuietRotatingFileHandler(RotatingFileHandler):
+    """A log file that fails (deleted folder, full disk, /dev/full) must not stop the proxy nor print
+    a traceback per record: the failure is said once on stderr, and again only after it recovered."""
+
+    failing = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._reopen_if_deleted()
+        super().emit(record)
+        if self.failing and self.stream is not None:
+            self.failing = False
+
+    def _reopen_if_deleted(self) -> None:
+        """As logging.handlers.WatchedFileHandler: a log deleted (or moved) under us is made anew."""
+        if self.stream is None:
+            return
+        try:
+            on_disk = os.stat(self.baseFilename)
+            opened = os.fstat(self.stream.fileno())
+        except FileNotFoundError:
+            on_disk = opened = None
+        except (OSError, ValueError):
+            return
+        if on_disk is None or (on_disk.st_dev, on_disk.st_ino) != (opened.st_dev, opened.st_ino):
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(f"proxy: the log {self.baseFilename} was deleted or replaced: writing a new one\n")
+                self.stream.close()
+            self.stream = None  # type: ignore[assignment]
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failing:
+            self.failing = True
+            error = sys.exc_info()[1]
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(f"proxy: cannot write to the log {self.baseFilename}: {error}; still serving\n")
+        # Reopen on the next record (the file may have been deleted or rotated away).
+        with contextlib.suppress(OSError, ValueError):
+            if self.stream is not None:
+                self.stream.close()
+        self.stream = None  # type: ignore[assignment]
+
+
 def level_of(settings: Settings) -> int:
     return LEVELS[settings.log_level]
 
@@ -47,7 +91,7 @@ def configure_logging(settings: Settings) -> None:
     try:
         if directory:
             os.makedirs(directory, exist_ok=True)
-        file_handler = RotatingFileHandler(
+        file_handler = _QuietRotatingFileHandler(
             settings.log_file, maxBytes=settings.log_max_bytes, backupCount=settings.log_backup_count, encoding="utf-8"
         )
     except OSError as exc:
@@ -77,6 +121,9 @@ def configure_logging(settings: Settings) -> None:
     access.setLevel(level if level <= logging.DEBUG else logging.WARNING)
     if not any(isinstance(f, _StripQuery) for f in access.filters):
         access.addFilter(_StripQuery())
+    # At trace level uvicorn's "uvicorn.asgi" logger dumps every ASGI scope and message: headers
+    # (Authorization) and bodies. Never: found by tests/reliability/test_inputs.py.
+    logging.getLogger("uvicorn.asgi").setLevel(max(level, logging.DEBUG))
     # The metric lines are INFO and are never silenced by LOG_LEVEL.
     logging.getLogger(LOGGER_NAME).setLevel(logging.INFO)
     # HTTP client libraries log every request (URL with query string) at info/debug: never wanted.

@@ -190,7 +190,12 @@ class ProxyApp:
         if monitor is not None:
             inner = ConcurrencyMiddleware(inner, monitor)
         self._app = ProxyGate(
-            inner, admission, max_body_size=settings.max_body_size, api_key=settings.proxy_api_key, monitor=monitor
+            inner,
+            admission,
+            max_body_size=settings.max_body_size,
+            api_key=settings.proxy_api_key,
+            monitor=monitor,
+            metrics_public=settings.metrics_public,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -267,7 +267,7 @@ class UpstreamProxy:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
             # Headers are out: the only honest signal left is to cut the connection.
-            scope[FAILURE_REASON_KEY] = "upstream_error"
+            scope[FAILURE_REASON_KEY] = exc.code
             path = url[len(self.base) :].split("?", 1)[0]
             raise ResponseAborted(f"upstream broke mid-response ({exc.kind}) on {method} {path}") from None
         return last

@@ -9,7 +9,7 @@ costs little as a benchmark upstream.
 
 Faults, per request, with the header `X-Simulator-Fault`: `error-500`, `error-429`, `drop`
 (the stream or body is cut off midway), `hang` (no answer until the client gives up),
-`delay-<ms>` (extra time before the first token).
+`delay-<ms>` (extra time before the first token), `stall` (a stream goes silent midway).
 """
 
 from __future__ import annotations
@@ -281,7 +281,7 @@ class Simulator:
                 if path == "/v1/embeddings":
                     await self._embeddings(body, send, gone, extra_delay)
                 else:
-                    await self._completion(body, send, gone, path, max_tokens, extra_delay, drop=fault == "drop")
+                    await self._completion(body, send, gone, path, max_tokens, extra_delay, fault)
             finally:
                 if self._slots is not None:
                     self._slots.release()
@@ -332,9 +332,10 @@ class Simulator:
         path: str,
         max_tokens: int | None,
         extra_delay: float,
-        drop: bool,
+        fault: str,
     ) -> None:
         chat = path == "/v1/chat/completions"
+        drop = fault == "drop"
         model = body.get("model") or MODEL_ID
         count = self.config.tokens if max_tokens is None else min(self.config.tokens, max_tokens)
         finish_reason = "length" if max_tokens is not None and max_tokens <= self.config.tokens else "stop"
@@ -426,6 +427,11 @@ class Simulator:
             if drop and i >= len(pieces) // 2:
                 self.stats.faults += 1
                 return  # cut off midway: no final chunk, no [DONE]
+            if fault == "stall" and i >= len(pieces) // 2:
+                self.stats.faults += 1
+                await gone.wait()  # silent midway until the client gives up
+                self.stats.aborted += 1
+                return
             await send({"type": "http.response.body", "body": piece(text), "more_body": True})
         tail = piece("", finish=finish_reason)
         if include_usage:

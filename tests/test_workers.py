@@ -42,7 +42,8 @@ async def test_two_workers_add_up(tmp_path: Path) -> None:
             published every 0.25 s), else None."""
             answers = [monitor(proxy) for _ in range(10)]
             totals = {a["total_requests"] for a in answers}
-            return totals.pop() if len(totals) == 1 and all(a["workers"] == 2 for a in answers) else None
+            quiet = all(a["workers"] == 2 and a["active"] == 0 and a["queue_depth"] == 0 for a in answers)
+            return totals.pop() if len(totals) == 1 and quiet else None
 
         base = int(wait_until(lambda: (t := settled()) is not None and t + 1, timeout=15)) - 1  # /health probes
 

@@ -209,3 +209,53 @@ proxy() {
   [ "${status}" -eq 0 ]
   [ "${output}" = "proxy not running" ]
 }
+
+@test "after SIGKILL of the proxy, start works again (reusing the simulator left running)" {
+  run proxy start
+  [ "${status}" -eq 0 ]
+  local pid sim
+  pid="$(cat "${PID_FILE}")"
+  sim="$(cat "${PID_FILE%.pid}.simulator.pid")"
+  kill -KILL "${pid}"
+  wait_for 10 pid_gone "${pid}"
+  run proxy status
+  [ "${status}" -eq 3 ]
+  run --separate-stderr proxy start
+  [ "${status}" -eq 0 ]
+  [[ "${stderr}" == *"reusing the simulator left running (pid ${sim})"* ]]
+  [[ "${output}" == *"proxy started"* ]]
+  healthy "${PORT}"
+  curl -fsS -X POST "http://127.0.0.1:${PORT}/v1/chat/completions" -H 'Content-Type: application/json' \
+    -d '{"messages":[{"role":"user","content":"hi"}]}' >/dev/null
+  run proxy stop
+  [ "${status}" -eq 0 ]
+  wait_for 10 pid_gone "${sim}"
+}
+
+@test "pid, state and log files are not world-writable" {
+  run proxy start --debug
+  [ "${status}" -eq 0 ]
+  wait_for 10 test -s "${LOG_FILE}"
+  local file mode
+  for file in "${PID_FILE}" "${PID_FILE%.pid}.state" "${PID_FILE%.pid}.simulator.pid" "${LOG_FILE}"; do
+    mode="$(stat -c %a "${file}")"
+    [ $((8#${mode} & 8#002)) -eq 0 ] || { echo "${file} is world-writable (${mode})" >&3; false; }
+  done
+}
+
+@test "arguments with spaces, quotes and \$() are data, never code" {
+  local odd="${BATS_TEST_TMPDIR}/a dir/it's \$(touch pwned) \"x\".log"
+  mkdir -p "$(dirname "${odd}")"
+  cd "${BATS_TEST_TMPDIR}"
+  run proxy start --debug --log-file "${odd}"
+  [ "${status}" -eq 0 ]
+  wait_for 10 grep -q '\[CONCURRENCY\]' "${odd}"
+  [ ! -e pwned ]
+  [ ! -e "${PROJECT_DIR}/pwned" ]
+  run proxy status
+  [[ "${output}" == *"║  Uvicorn Concurrency Monitor"* ]]
+  # shellcheck disable=SC2016 # the $() must reach the script unexpanded
+  run --separate-stderr proxy start --upstream 'http://x/$(touch pwned)'
+  [ "${status}" -eq 0 ]  # already running: nothing is started, nothing evaluated
+  [ ! -e pwned ]
+}
