@@ -47,6 +47,11 @@ def _error(status: int, message: str, type_: str, code: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": type_, "code": code}}, status_code=status)
 
 
+def _monitoring_off() -> JSONResponse:
+    message = "Concurrency monitoring is off (ENABLE_CONCURRENCY_MONITOR=false)."
+    return _error(404, message, "not_found", "monitor_disabled")
+
+
 def create_app(settings: Settings | None = None) -> ProxyApp:
     if settings is None:
         settings = load_settings_or_exit()
@@ -120,12 +125,7 @@ def create_app(settings: Settings | None = None) -> ProxyApp:
     @api.get("/monitor")
     async def monitor_snapshot() -> JSONResponse:
         if monitor is None:
-            return _error(
-                404,
-                "Concurrency monitoring is off (ENABLE_CONCURRENCY_MONITOR=false).",
-                "not_found",
-                "monitor_disabled",
-            )
+            return _monitoring_off()
         return JSONResponse(snapshot_from_state(server_state()))
 
     registry = new_registry(server_state) if monitor is not None else None
@@ -133,12 +133,7 @@ def create_app(settings: Settings | None = None) -> ProxyApp:
     @api.get("/metrics")
     async def metrics() -> Response:
         if registry is None:
-            return _error(
-                404,
-                "Concurrency monitoring is off (ENABLE_CONCURRENCY_MONITOR=false).",
-                "not_found",
-                "monitor_disabled",
-            )
+            return _monitoring_off()
         return Response(exposition(registry), media_type=CONTENT_TYPE)
 
     @api.exception_handler(StarletteHTTPException)
