@@ -64,6 +64,8 @@ class _ClientGone(Exception):
 
 def escapes_prefix(raw_path: bytes) -> bool:
     """True when the path has a `.` or `..` segment once percent-decoded: it could leave `/v1/` upstream."""
+    if b"." not in raw_path and b"%" not in raw_path:
+        return False  # the common case, without decoding
     decoded = unquote_to_bytes(raw_path).replace(b"\\", b"/")
     return any(segment in (b".", b"..") for segment in decoded.split(b"/"))
 
