@@ -110,7 +110,6 @@ def create_app(settings: Settings | None = None) -> ProxyApp:
 
     api = FastAPI(title="LLM concurrency proxy", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     api.state.settings = settings
-    api.state.monitor = monitor
 
     @api.get("/health")
     async def health() -> dict[str, object]:

@@ -16,7 +16,6 @@ from typing import Any, Literal, Protocol
 from app.config import Settings
 
 ErrorCode = Literal["upstream_unavailable", "upstream_timeout", "upstream_error"]
-CLIENTS: tuple[str, ...] = ("aiohttp", "httpx", "httpx2", "httpx-aiohttp")
 KEEPALIVE_EXPIRY = 30.0
 CONNECT_TIMEOUT = 5.0
 

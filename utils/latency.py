@@ -62,15 +62,6 @@ class Histogram:
         self.sum += value
         self.count += 1
 
-    def cumulative(self) -> list[tuple[str, int]]:
-        """[(le, cumulative count), ...] ending with +Inf."""
-        out = []
-        running = 0
-        for bound, count in zip((*BUCKETS, math.inf), self.counts, strict=True):
-            running += count
-            out.append(("+Inf" if bound == math.inf else repr(bound), running))
-        return out
-
 
 def format_ms(seconds: float | None) -> str:
     """`120ms`, `3.4ms` below 10 ms, `-` when there is no sample."""
