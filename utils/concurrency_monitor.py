@@ -47,7 +47,6 @@ FAILURE_REASONS: tuple[str, ...] = (
     "queue_timeout",
     "internal",
 )
-HISTOGRAMS: tuple[str, ...] = ("duration", "stream_duration", "headers", "ttft", "queue_wait")
 # The first SSE event that carries generated text (not the role-only chunk): chat or completions.
 _CONTENT_RE = re.compile(rb'"(?:content|text|reasoning_content)":"[^"]')
 
@@ -118,8 +117,32 @@ def endpoint_of(path: str) -> str | None:
     return OTHER
 
 
+# Histogram kind -> the _Counts attribute that holds it.
+_HISTOGRAM_ATTRS: dict[str, str] = {
+    "duration": "h_duration",
+    "stream_duration": "h_stream",
+    "headers": "h_headers",
+    "ttft": "h_ttft",
+    "queue_wait": "h_queue",
+}
+
+
 class _Counts:
-    __slots__ = ("active", "cancelled", "failed", "ok", "queued")
+    """Everything counted for one endpoint: plain attributes, so that an update is one store."""
+
+    __slots__ = (
+        "active",
+        "cancelled",
+        "failed",
+        "h_duration",
+        "h_headers",
+        "h_queue",
+        "h_stream",
+        "h_ttft",
+        "ok",
+        "queued",
+        "statuses",
+    )
 
     def __init__(self) -> None:
         self.active = 0
@@ -127,6 +150,12 @@ class _Counts:
         self.ok = 0
         self.failed = 0
         self.cancelled = 0
+        self.statuses: dict[int, int] = {}
+        self.h_duration = Histogram()
+        self.h_stream = Histogram()
+        self.h_headers = Histogram()
+        self.h_ttft = Histogram()
+        self.h_queue = Histogram()
 
     @property
     def total(self) -> int:
@@ -173,9 +202,7 @@ class ConcurrencyMonitor:
         # first token: a stream's duration is generation time and would poison the first) ...
         self.latency_window = RollingWindow()
         self.ttft_window = RollingWindow()
-        # ... and cumulative histograms per kind and endpoint, for Prometheus.
-        self.histograms: dict[str, dict[str, Histogram]] = {kind: {} for kind in HISTOGRAMS}
-        self.responses: dict[tuple[str, int], int] = {}
+        # ... and, per endpoint (in _Counts), cumulative histograms and status counts for Prometheus.
         self.failed_reasons: dict[str, int] = dict.fromkeys(FAILURE_REASONS, 0)
 
     # -- updates (the per-request path) -------------------------------------------------
@@ -202,48 +229,43 @@ class ConcurrencyMonitor:
         headers_after: float | None = None,
         ttft: float | None = None,
         stream: bool = False,
+        now: float | None = None,
     ) -> None:
-        """An active request ended; the times are seconds since it became active."""
+        """An active request ended; the times are seconds since it became active, `now` a perf_counter()."""
         counts = self._counts(endpoint)
         counts.active -= 1
         self.active -= 1
-        self._tally(counts, endpoint, outcome, status, reason)
+        self._tally(counts, outcome, status, reason)
         if headers_after is not None:
-            self._observe("headers", endpoint, headers_after)
+            counts.h_headers.observe(headers_after)
         if ttft is not None:
-            self._observe("ttft", endpoint, ttft)
-            self.ttft_window.add(ttft)
+            counts.h_ttft.observe(ttft)
+            self.ttft_window.add(ttft, now)
         if duration is not None and outcome == "ok":
             if stream:
-                self._observe("stream_duration", endpoint, duration)
+                counts.h_stream.observe(duration)
             else:
-                self._observe("duration", endpoint, duration)
-                self.latency_window.add(duration)
+                counts.h_duration.observe(duration)
+                self.latency_window.add(duration, now)
 
     def queue_entered(self, endpoint: str) -> None:
         self._counts(endpoint).queued += 1
         self.queued += 1
 
     def queue_left(self, endpoint: str, waited: float | None = None) -> None:
-        self._counts(endpoint).queued -= 1
+        counts = self._counts(endpoint)
+        counts.queued -= 1
         self.queued -= 1
         if waited is not None:
-            self._observe("queue_wait", endpoint, waited)
+            counts.h_queue.observe(waited)
 
     def record(self, endpoint: str, outcome: Outcome, status: int = 0, reason: str | None = None) -> None:
         """A request answered without ever becoming active (refused at the door, or left the queue)."""
-        self._tally(self._counts(endpoint), endpoint, outcome, status, reason)
+        self._tally(self._counts(endpoint), outcome, status, reason)
 
-    def _observe(self, kind: str, endpoint: str, value: float) -> None:
-        per_endpoint = self.histograms[kind]
-        histogram = per_endpoint.get(endpoint)
-        if histogram is None:
-            histogram = per_endpoint[endpoint] = Histogram()
-        histogram.observe(value)
-
-    def _tally(self, counts: _Counts, endpoint: str, outcome: Outcome, status: int, reason: str | None) -> None:
-        key = (endpoint, status)
-        self.responses[key] = self.responses.get(key, 0) + 1
+    def _tally(self, counts: _Counts, outcome: Outcome, status: int, reason: str | None) -> None:
+        statuses = counts.statuses
+        statuses[status] = statuses.get(status, 0) + 1
         if outcome == "ok":
             counts.ok += 1
             self.ok += 1
@@ -255,6 +277,19 @@ class ConcurrencyMonitor:
         else:
             counts.cancelled += 1
             self.cancelled += 1
+
+    @property
+    def histograms(self) -> dict[str, dict[str, Histogram]]:
+        """kind -> endpoint -> histogram, for the endpoints that observed something."""
+        return {
+            kind: {name: h for name, c in self._endpoints.items() if (h := getattr(c, attr)).count}
+            for kind, attr in _HISTOGRAM_ATTRS.items()
+        }
+
+    @property
+    def responses(self) -> dict[tuple[str, int], int]:
+        """(endpoint, status code) -> finished requests."""
+        return {(name, code): n for name, c in self._endpoints.items() for code, n in c.statuses.items()}
 
     # -- reading -------------------------------------------------------------------------
 
@@ -372,7 +407,7 @@ class ConcurrencyMiddleware:
                 status = message["status"]
                 headers_at = clock()
                 for name, value in message.get("headers", ()):
-                    if name.lower() == b"content-type":
+                    if name == b"content-type":  # ASGI header names are lowercase
                         stream = value.startswith(b"text/event-stream")
                         break
             elif kind == "http.response.body":
@@ -404,13 +439,15 @@ class ConcurrencyMiddleware:
                 outcome = "cancelled"
             # else: it returned without a response; the server answers 500 — a failure.
         finally:
+            ended = clock()
             monitor.request_finished(
                 endpoint,
                 outcome,
                 status,
                 scope.get(FAILURE_REASON_KEY),
-                clock() - started,
+                ended - started,
                 headers_at - started if headers_at else None,
                 first_token_at - started if first_token_at else None,
                 stream,
+                ended,
             )

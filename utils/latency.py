@@ -29,11 +29,12 @@ class RollingWindow:
         self._samples: deque[tuple[float, float]] = deque(maxlen=max_samples)
 
     def add(self, value: float, now: float | None = None) -> None:
-        self._samples.append((time.monotonic() if now is None else now, value))
+        """`now`: a time.perf_counter() value (the caller usually has one at hand)."""
+        self._samples.append((time.perf_counter() if now is None else now, value))
 
     def percentiles(self, qs: tuple[float, ...], now: float | None = None) -> list[float | None]:
         """Nearest-rank percentiles (q in 0..100) of the samples in the window; None when it is empty."""
-        cutoff = (time.monotonic() if now is None else now) - self.seconds
+        cutoff = (time.perf_counter() if now is None else now) - self.seconds
         samples = self._samples
         while samples and samples[0][0] < cutoff:
             samples.popleft()
