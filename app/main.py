@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.config import ConfigError, Settings, load_settings
+from app.errors import error_body
 from app.gate import GATED_PREFIX, Admission, ProxyGate
 from app.logs import configure_logging
 from app.metrics import CONTENT_TYPE, exposition, new_registry
@@ -43,11 +44,11 @@ def load_settings_or_exit() -> Settings:
         sys.exit(1)
 
 
-def _error(status: int, message: str, type_: str, code: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "code": code}}, status_code=status)
+def _error(status: int, message: str, type_: str, code: str) -> Response:
+    return Response(error_body(message, type_, code), status_code=status, media_type="application/json")
 
 
-def _monitoring_off() -> JSONResponse:
+def _monitoring_off() -> Response:
     message = "Concurrency monitoring is off (ENABLE_CONCURRENCY_MONITOR=false)."
     return _error(404, message, "not_found", "monitor_disabled")
 
@@ -109,7 +110,6 @@ def create_app(settings: Settings | None = None) -> ProxyApp:
             await proxy.client.aclose()
 
     api = FastAPI(title="LLM concurrency proxy", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    api.state.settings = settings
 
     @api.get("/health")
     async def health() -> dict[str, object]:
@@ -122,7 +122,7 @@ def create_app(settings: Settings | None = None) -> ProxyApp:
         }
 
     @api.get("/monitor")
-    async def monitor_snapshot() -> JSONResponse:
+    async def monitor_snapshot() -> Response:
         if monitor is None:
             return _monitoring_off()
         return JSONResponse(snapshot_from_state(server_state()))
@@ -136,12 +136,12 @@ def create_app(settings: Settings | None = None) -> ProxyApp:
         return Response(exposition(registry), media_type=CONTENT_TYPE)
 
     @api.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, str(exc.detail), "invalid_request_error", code)
 
     @api.exception_handler(Exception)
-    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+    async def internal_error(_: Request, exc: Exception) -> Response:
         return _error(500, "Internal proxy error.", "server_error", "internal")
 
     # MAX_CONCURRENT_REQUESTS and MAX_QUEUE_SIZE are for the whole server: each of N workers
@@ -152,7 +152,7 @@ def create_app(settings: Settings | None = None) -> ProxyApp:
         max(1, settings.max_queue_size // share),
         settings.queue_timeout,
     )
-    return ProxyApp(api, proxy, admission, monitor)
+    return ProxyApp(settings, api, proxy, admission, monitor)
 
 
 class _Dispatch:
@@ -173,9 +173,13 @@ class ProxyApp:
     """The served ASGI app: gate (key, queue) -> concurrency middleware -> dispatch."""
 
     def __init__(
-        self, api: FastAPI, proxy: UpstreamProxy, admission: Admission, monitor: ConcurrencyMonitor | None
+        self,
+        settings: Settings,
+        api: FastAPI,
+        proxy: UpstreamProxy,
+        admission: Admission,
+        monitor: ConcurrencyMonitor | None,
     ) -> None:
-        settings: Settings = api.state.settings
         self.api = api
         self.settings = settings
         self.monitor = monitor

@@ -25,6 +25,21 @@ start_run() {
   wait_for 30 healthy "${PORT}"
 }
 
+# stop_run SIGNAL: signal `run`, then it, its children (proxy, simulator) and their ports are gone.
+stop_run() {
+  local children child
+  children="$(pgrep -P "${RUN_PID}" | tr '\n' ' ')"
+  [ -n "${children}" ]
+  kill -"$1" "${RUN_PID}"
+  wait_for 20 pid_gone "${RUN_PID}"
+  for child in ${children}; do
+    wait_for 10 pid_gone "${child}"
+  done
+  wait_for 10 port_free "${PORT}"
+  wait_for 10 port_free "${SIM_PORT}"
+  RUN_PID=""
+}
+
 @test "run --debug answers the guide's chat completion and SIGINT leaves no process behind" {
   start_run --debug --monitor-interval 1
   run curl -sS -X POST "http://localhost:${PORT}/v1/chat/completions" \
@@ -35,18 +50,7 @@ start_run() {
   [[ "${output}" == *'"content":"Sure here is a simulated'* ]]
   wait_for 10 grep -q '\[CONCURRENCY\]' "${LOG_FILE}"
 
-  local children
-  children="$(pgrep -P "${RUN_PID}" | tr '\n' ' ')"
-  [ -n "${children}" ]
-  kill -INT "${RUN_PID}"
-  wait_for 20 pid_gone "${RUN_PID}"
-  local child
-  for child in ${children}; do
-    wait_for 10 pid_gone "${child}"
-  done
-  wait_for 10 port_free "${PORT}"
-  wait_for 10 port_free "${SIM_PORT}"
-  RUN_PID=""
+  stop_run INT
 }
 
 @test "run with a bad flag value is a usage error naming it" {
@@ -63,14 +67,5 @@ start_run() {
 
 @test "run stopped by SIGTERM leaves no process behind" {
   start_run
-  local children
-  children="$(pgrep -P "${RUN_PID}" | tr '\n' ' ')"
-  kill -TERM "${RUN_PID}"
-  wait_for 20 pid_gone "${RUN_PID}"
-  local child
-  for child in ${children}; do
-    wait_for 10 pid_gone "${child}"
-  done
-  wait_for 10 port_free "${PORT}"
-  RUN_PID=""
+  stop_run TERM
 }
