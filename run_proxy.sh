@@ -555,16 +555,21 @@ cmd_logs() {
   local file
   file="$(log_file)"
   [[ -e "${file}" ]] || die "no log file at ${file} yet"
-  local tail_args=(-n 50)
-  if [[ "${follow}" == 1 ]]; then
-    tail_args+=(-F)
+  local pattern='\[(CONCURRENCY|ENDPOINTS|SYSTEM|LATENCY)\]'
+  if [[ "${follow}" == 0 ]]; then
+    if [[ "${metrics}" == 1 ]]; then
+      tail -n 300 "${file}" | LC_ALL=C grep -E "${pattern}" || true
+    else
+      tail -n 50 "${file}"
+    fi
+    return 0
   fi
+  # Following: exec, so that the pid a caller signals is the process that prints (no shell left
+  # to report "Terminated", no orphan left reading the log). tail --pid ends with the grep.
   if [[ "${metrics}" == 1 ]]; then
-    tail_args=(-n 300 "${tail_args[@]:2}")
-    LC_ALL=C grep --line-buffered -E '\[(CONCURRENCY|ENDPOINTS|SYSTEM|LATENCY)\]' < <(tail "${tail_args[@]}" "${file}") || true
-  else
-    tail "${tail_args[@]}" "${file}"
+    exec env LC_ALL=C grep --line-buffered -E "${pattern}" < <(exec tail --pid="$$" -n 300 -F "${file}")
   fi
+  exec tail -n 50 -F "${file}"
 }
 
 main() {

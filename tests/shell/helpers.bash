@@ -45,11 +45,22 @@ port_free() {
 # shellcheck disable=SC2034
 DEFAULT_SIGINT='import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])'
 
-# kill_tree PID: stop PID and its children (tests clean up by pid).
-kill_tree() {
-  local pid="$1" child
-  for child in $(pgrep -P "${pid}" 2>/dev/null || true); do
-    kill_tree "${child}"
+# descendants PID: the pids of PID's children, grandchildren, ... (one per line).
+descendants() {
+  local child
+  for child in $(pgrep -P "$1" 2>/dev/null || true); do
+    echo "${child}"
+    descendants "${child}"
   done
+}
+
+# kill_tree PID: stop PID and its descendants (tests clean up by pid). The tree is listed first
+# and PID is signalled before its children: a shell whose foreground child dies of SIGTERM
+# reports "Terminated" on its stderr, which would land in the output a test inspects.
+kill_tree() {
+  local pid="$1" tree
+  tree="$(descendants "${pid}")"
   kill -TERM "${pid}" 2>/dev/null || true
+  # shellcheck disable=SC2086 # one pid per word
+  [[ -z "${tree}" ]] || kill -TERM ${tree} 2>/dev/null || true
 }
