@@ -140,6 +140,30 @@ async def test_middleware_outcomes(kind: str, ok: int, failed: int, cancelled: i
     assert counts == (ok, failed, cancelled, 0, 1)
 
 
+@pytest.mark.parametrize(("client_left", "failed", "cancelled"), [(True, 0, 1), (False, 1, 0)])
+async def test_app_returning_without_a_response(client_left: bool, failed: int, cancelled: int) -> None:
+    """Nothing sent: cancelled if the server says the client is gone, else a failure (the server answers 500)."""
+    monitor = ConcurrencyMonitor()
+
+    async def silent(scope: Scope, receive: Receive, send: Send) -> None:
+        return None
+
+    never = asyncio.Event()
+
+    async def receive() -> Message:
+        if client_left:
+            return {"type": "http.disconnect"}
+        await never.wait()  # a connected client with nothing more to send: receive waits
+        raise AssertionError("unreachable")
+
+    async def send(message: Message) -> None:
+        raise AssertionError("nothing is sent")
+
+    scope = {"type": "http", "path": "/v1/completions", "method": "POST", "headers": []}
+    await asyncio.wait_for(ConcurrencyMiddleware(silent, monitor)(scope, receive, send), 5)
+    assert (monitor.failed, monitor.cancelled, monitor.active, monitor.total) == (failed, cancelled, 0, 1)
+
+
 async def test_cancelled_task_is_counted_and_active_returns_to_zero() -> None:
     monitor = ConcurrencyMonitor()
 

@@ -20,12 +20,13 @@ import logging
 import os
 import re
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Literal
 
 import psutil
 
-from utils.latency import Histogram, RollingWindow, format_ms
+from utils.latency import BUCKETS, Histogram, RollingWindow, format_ms
 from utils.monitor_state import export_state, format_uptime, snapshot_from_state
 
 Scope = MutableMapping[str, Any]
@@ -213,11 +214,16 @@ class ConcurrencyMonitor:
             counts = self._endpoints[endpoint] = _Counts()
         return counts
 
-    def request_started(self, endpoint: str) -> None:
-        """A request became active (admitted)."""
-        self._counts(endpoint).active += 1
-        self.active += 1
-        self.peak = max(self.peak, self.active)
+    def request_started(self, endpoint: str) -> _Counts:
+        """A request became active (admitted). Returns the endpoint's counts, for `_end`."""
+        counts = self._endpoints.get(endpoint)
+        if counts is None:
+            counts = self._counts(endpoint)
+        counts.active += 1
+        active = self.active = self.active + 1
+        if active > self.peak:  # noqa: PLR1730 - max() is a call on the per-request path
+            self.peak = active
+        return counts
 
     def request_finished(
         self,
@@ -232,21 +238,58 @@ class ConcurrencyMonitor:
         now: float | None = None,
     ) -> None:
         """An active request ended; the times are seconds since it became active, `now` a perf_counter()."""
-        counts = self._counts(endpoint)
+        self._end(
+            self._counts(endpoint),
+            outcome,
+            status,
+            reason,
+            duration,
+            headers_after,
+            ttft,
+            stream,
+            time.perf_counter() if now is None else now,
+        )
+
+    def _end(
+        self,
+        counts: _Counts,
+        outcome: Outcome,
+        status: int,
+        reason: str | None,
+        duration: float | None,
+        headers_after: float | None,
+        ttft: float | None,
+        stream: bool,
+        now: float,
+    ) -> None:
+        """`request_finished` with the endpoint's counts at hand (the middleware's per-request path)."""
         counts.active -= 1
         self.active -= 1
-        self._tally(counts, outcome, status, reason)
+        statuses = counts.statuses
+        statuses[status] = statuses.get(status, 0) + 1
         if headers_after is not None:
-            counts.h_headers.observe(headers_after)
+            h = counts.h_headers
+            h.counts[bisect_left(BUCKETS, headers_after)] += 1
+            h.sum += headers_after
+            h.count += 1
         if ttft is not None:
             counts.h_ttft.observe(ttft)
             self.ttft_window.add(ttft, now)
-        if duration is not None and outcome == "ok":
-            if stream:
-                counts.h_stream.observe(duration)
-            else:
-                counts.h_duration.observe(duration)
-                self.latency_window.add(duration, now)
+        if outcome != "ok":
+            self._tally_other(counts, outcome, reason)
+            return
+        counts.ok += 1
+        self.ok += 1
+        if duration is None:
+            return
+        if stream:
+            counts.h_stream.observe(duration)
+            return
+        h = counts.h_duration
+        h.counts[bisect_left(BUCKETS, duration)] += 1
+        h.sum += duration
+        h.count += 1
+        self.latency_window.add(duration, now)
 
     def queue_entered(self, endpoint: str) -> None:
         self._counts(endpoint).queued += 1
@@ -269,7 +312,11 @@ class ConcurrencyMonitor:
         if outcome == "ok":
             counts.ok += 1
             self.ok += 1
-        elif outcome == "failed":
+        else:
+            self._tally_other(counts, outcome, reason)
+
+    def _tally_other(self, counts: _Counts, outcome: Outcome, reason: str | None) -> None:
+        if outcome == "failed":
             counts.failed += 1
             self.failed += 1
             reason = reason if reason in self.failed_reasons else "internal"
@@ -394,60 +441,70 @@ class ConcurrencyMiddleware:
 
         status = 0
         completed = False
-        disconnected = False
         stream = False
         headers_at = 0.0
         first_token_at = 0.0
         clock = time.perf_counter
 
-        async def counting_send(message: Message) -> None:
+        def counting_send(message: Message) -> Awaitable[None]:
+            # A plain function returning the server's awaitable: no coroutine of its own per message.
             nonlocal status, completed, stream, headers_at, first_token_at
             kind = message["type"]
-            if kind == "http.response.start":
+            if kind == "http.response.body":
+                if stream and not first_token_at and _CONTENT_RE.search(message.get("body", b"")):
+                    first_token_at = clock()
+                if not message.get("more_body", False):
+                    completed = True
+            elif kind == "http.response.start":
                 status = message["status"]
                 headers_at = clock()
                 for name, value in message.get("headers", ()):
                     if name == b"content-type":  # ASGI header names are lowercase
                         stream = value.startswith(b"text/event-stream")
                         break
-            elif kind == "http.response.body":
-                if stream and not first_token_at and _CONTENT_RE.search(message.get("body", b"")):
-                    first_token_at = clock()
-                if not message.get("more_body", False):
-                    completed = True
             elif kind == "http.response.pathsend":
                 completed = True
-            await send(message)
-
-        async def watching_receive() -> Message:
-            nonlocal disconnected
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                disconnected = True
-            return message
+            return send(message)
 
         monitor = self.monitor
-        monitor.request_started(endpoint)
+        counts = monitor.request_started(endpoint)
         started = clock()
         outcome: Outcome = "failed"  # an exception (cancellation included) is a failure
         try:
-            await self.app(scope, watching_receive, counting_send)
+            # `receive` is not wrapped: one coroutine less per call on every request. Whether
+            # the client left is asked only in the rare case that needs it (below).
+            await self.app(scope, receive, counting_send)
             if completed:
                 outcome = "failed" if status >= 500 else "ok"
-            elif status or disconnected:
+            elif status or await _client_gone(receive):
                 # The app stopped sending because the client went away.
                 outcome = "cancelled"
             # else: it returned without a response; the server answers 500 — a failure.
         finally:
             ended = clock()
-            monitor.request_finished(
-                endpoint,
+            monitor._end(
+                counts,
                 outcome,
                 status,
-                scope.get(FAILURE_REASON_KEY),
+                None if outcome == "ok" else scope.get(FAILURE_REASON_KEY),
                 ended - started,
                 headers_at - started if headers_at else None,
                 first_token_at - started if first_token_at else None,
                 stream,
                 ended,
             )
+
+
+async def _client_gone(receive: Receive) -> bool:
+    """True when the server already knows the client disconnected (its `receive` says so at once).
+
+    Asked after the app returned without a response. A server answers `http.disconnect` without
+    waiting once the connection is gone; otherwise `receive` would wait, so it gets one turn of
+    the event loop and is then cancelled.
+    """
+    task = asyncio.ensure_future(receive())
+    await asyncio.sleep(0)
+    if not task.done():
+        task.cancel()
+        return False
+    return not task.cancelled() and task.exception() is None and task.result()["type"] == "http.disconnect"
