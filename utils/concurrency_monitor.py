@@ -446,8 +446,7 @@ class ConcurrencyMiddleware:
         first_token_at = 0.0
         clock = time.perf_counter
 
-        def counting_send(message: Message) -> Awaitable[None]:
-            # A plain function returning the server's awaitable: no coroutine of its own per message.
+        async def counting_send(message: Message) -> None:
             nonlocal status, completed, stream, headers_at, first_token_at
             kind = message["type"]
             if kind == "http.response.body":
@@ -464,7 +463,7 @@ class ConcurrencyMiddleware:
                         break
             elif kind == "http.response.pathsend":
                 completed = True
-            return send(message)
+            await send(message)
 
         monitor = self.monitor
         counts = monitor.request_started(endpoint)
