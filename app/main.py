@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -53,6 +54,24 @@ def _monitoring_off() -> Response:
     return _error(404, message, "not_found", "monitor_disabled")
 
 
+# Young-generation collections every 10,000 container allocations instead of 700 (measured:
+# 700 -> 10,000 is +6% requests/s at 16 connections on top of gc.freeze).
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def tune_gc() -> None:
+    """Keep the start-up objects out of every later collection, and collect less often.
+
+    What start-up made (modules, the app, settings: about 70,000 objects) lives as long as the
+    process, yet a full collection walked all of it twice a second under load: about 6% of
+    the proxy's time. gc.freeze() moves it to the permanent generation (+8% requests/s at 16
+    connections); fewer young collections also promote fewer in-flight requests' objects.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def create_app(settings: Settings | None = None) -> ProxyApp:
     if settings is None:
         settings = load_settings_or_exit()
@@ -90,6 +109,7 @@ def create_app(settings: Settings | None = None) -> ProxyApp:
             reporter = asyncio.get_running_loop().create_task(
                 MonitorReporter(monitor, settings.monitor_update_interval).run()
             )
+        tune_gc()
         if monitor is None:
             monitoring = "off"
         elif settings.debug:
