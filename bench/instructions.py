@@ -56,16 +56,7 @@ def instructions(workdir: Path, upstream: int, env: dict[str, str], requests: in
     port = run.free_port()
     out = workdir / f"callgrind-{port}.out"
     err = workdir / f"callgrind-{port}.err"
-    settings = {
-        **os.environ,
-        "PROXY_PORT": str(port),
-        "UPSTREAM_URL": f"http://127.0.0.1:{upstream}",
-        "LOG_FILE": str(workdir / f"proxy-{port}.log"),
-        "LOG_CONSOLE": "false",
-        "LOG_LEVEL": "info",
-        "MAX_CONCURRENT_REQUESTS": "64",
-        **env,
-    }
+    settings = {**os.environ, **run.proxy_settings(workdir, port, f"http://127.0.0.1:{upstream}", env)}
     # uvicorn itself (`python -m app` would exec it, and valgrind does not follow an exec)
     server = ["-m", "uvicorn", "app.main:app", "--port", str(port), "--no-access-log", "--log-level", "info"]
     argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", run.PYTHON, *server]

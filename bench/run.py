@@ -247,17 +247,22 @@ def processes() -> Iterator[Processes]:
             procs.stop_all()
 
 
-def start_proxy(procs: Processes, upstream: str, env: dict[str, str]) -> tuple[int, int]:
-    port = free_port()
-    settings = {
+def proxy_settings(workdir: Path, port: int, upstream: str, env: dict[str, str]) -> dict[str, str]:
+    """The environment of a benchmarked proxy: quiet logs in the run's folder, 64 admitted at once."""
+    return {
         "PROXY_PORT": str(port),
         "UPSTREAM_URL": upstream,
-        "LOG_FILE": str(procs.workdir / f"proxy-{port}.log"),
+        "LOG_FILE": str(workdir / f"proxy-{port}.log"),
         "LOG_CONSOLE": "false",
         "LOG_LEVEL": "info",
         "MAX_CONCURRENT_REQUESTS": "64",
         **env,
     }
+
+
+def start_proxy(procs: Processes, upstream: str, env: dict[str, str]) -> tuple[int, int]:
+    port = free_port()
+    settings = proxy_settings(procs.workdir, port, upstream, env)
     return port, procs.start([PYTHON, "-m", "app"], port, settings, name="proxy")
 
 

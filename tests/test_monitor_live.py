@@ -109,7 +109,7 @@ async def test_queue_timeout_is_503(tmp_path: Path, slow_sim: Server) -> None:
             assert second.json()["error"]["code"] == "queue_timeout"
             assert second.headers["retry-after"] == "1"
             assert (await first).status_code == 200
-        # /health is never queued, even with the only slot taken
+        # the timed-out request is counted once, as failed
         snap = monitor(proxy)
         assert snap["endpoint_stats"]["/v1/completions"] == {
             "active": 0,

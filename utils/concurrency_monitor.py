@@ -20,13 +20,12 @@ import logging
 import os
 import re
 import time
-from bisect import bisect_left
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Literal
 
 import psutil
 
-from utils.latency import BUCKETS, Histogram, RollingWindow, format_ms
+from utils.latency import Histogram, RollingWindow, format_ms
 from utils.monitor_state import export_state, format_uptime, snapshot_from_state
 
 Scope = MutableMapping[str, Any]
@@ -216,13 +215,10 @@ class ConcurrencyMonitor:
 
     def request_started(self, endpoint: str) -> _Counts:
         """A request became active (admitted). Returns the endpoint's counts, for `_end`."""
-        counts = self._endpoints.get(endpoint)
-        if counts is None:
-            counts = self._counts(endpoint)
+        counts = self._counts(endpoint)
         counts.active += 1
-        active = self.active = self.active + 1
-        if active > self.peak:  # noqa: PLR1730 - max() is a call on the per-request path
-            self.peak = active
+        self.active += 1
+        self.peak = max(self.peak, self.active)
         return counts
 
     def request_finished(
@@ -265,31 +261,18 @@ class ConcurrencyMonitor:
         """`request_finished` with the endpoint's counts at hand (the middleware's per-request path)."""
         counts.active -= 1
         self.active -= 1
-        statuses = counts.statuses
-        statuses[status] = statuses.get(status, 0) + 1
+        self._tally(counts, outcome, status, reason)
         if headers_after is not None:
-            h = counts.h_headers
-            h.counts[bisect_left(BUCKETS, headers_after)] += 1
-            h.sum += headers_after
-            h.count += 1
+            counts.h_headers.observe(headers_after)
         if ttft is not None:
             counts.h_ttft.observe(ttft)
             self.ttft_window.add(ttft, now)
-        if outcome != "ok":
-            self._tally_other(counts, outcome, reason)
-            return
-        counts.ok += 1
-        self.ok += 1
-        if duration is None:
-            return
-        if stream:
-            counts.h_stream.observe(duration)
-            return
-        h = counts.h_duration
-        h.counts[bisect_left(BUCKETS, duration)] += 1
-        h.sum += duration
-        h.count += 1
-        self.latency_window.add(duration, now)
+        if duration is not None and outcome == "ok":
+            if stream:
+                counts.h_stream.observe(duration)
+            else:
+                counts.h_duration.observe(duration)
+                self.latency_window.add(duration, now)
 
     def queue_entered(self, endpoint: str) -> None:
         self._counts(endpoint).queued += 1
@@ -312,11 +295,7 @@ class ConcurrencyMonitor:
         if outcome == "ok":
             counts.ok += 1
             self.ok += 1
-        else:
-            self._tally_other(counts, outcome, reason)
-
-    def _tally_other(self, counts: _Counts, outcome: Outcome, reason: str | None) -> None:
-        if outcome == "failed":
+        elif outcome == "failed":
             counts.failed += 1
             self.failed += 1
             reason = reason if reason in self.failed_reasons else "internal"
